@@ -1,0 +1,173 @@
+"""Top-level commands: init, serve, check, usage; ``user`` is its own group."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from gatewayctl.cli import users
+from gatewayctl.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    JsonOption,
+    clean_errors,
+    fail,
+    print_json,
+    print_table,
+)
+from gatewayctl.proxy import accounts
+from gatewayctl.proxy.config import (
+    DEFAULT_UPSTREAM,
+    Config,
+    ServerSettings,
+    ledger_path,
+    load_config,
+)
+from gatewayctl.proxy.credentials import new_password
+from gatewayctl.proxy.demo import demo_credentials_in
+from gatewayctl.proxy.ledger import Totals, read_totals
+from gatewayctl.proxy.store import Store
+
+app = typer.Typer(
+    help="A gateway for self-hosted LLMs: keys, limits, quotas and accounting in front of Ollama.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(users.app, name="user")
+
+
+@app.command("init")
+@clean_errors
+def init(
+    admin: Annotated[str, typer.Option("--admin", help="Name of the first admin.")] = "admin",
+    upstream: Annotated[str, typer.Option("--upstream", help="Engine URL.")] = DEFAULT_UPSTREAM,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Write a fresh users.toml with one admin; prints the admin's password and key once."""
+    password = new_password()
+    fresh = Config(server=ServerSettings(upstream=upstream.rstrip("/")))
+    fresh, key = accounts.add_user(fresh, admin, role="admin", password=password)
+    Store(config).create(fresh, overwrite=force)
+    typer.echo(f"wrote {config}")
+    typer.echo(f"admin user: {admin}")
+    typer.echo(f"password:   {password}")
+    typer.echo(f"API key:    {key}")
+    typer.echo("(shown once: store them now)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("serve")
+@clean_errors
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Address to bind (default from users.toml, 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default from users.toml, 8000).")
+    ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream", help="Engine URL (default from users.toml, http://127.0.0.1:11434)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Worker processes (only 1 until limits are shared).")
+    ] = 1,
+    allow_demo_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--allow-demo-credentials",
+            help="Bind a non-loopback address although the demo keys and passwords are present.",
+        ),
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Run the gateway."""
+    import uvicorn
+    from gatewayctl.proxy.app import create_app
+
+    if workers != 1:
+        raise fail(
+            "--workers must be 1: rate limits and quota reservations live in this process, and "
+            "several workers would each keep their own (a shared backend is not there yet)"
+        )
+    loaded = load_config(config)
+    bind = host or loaded.server.host
+    demo = demo_credentials_in(loaded)
+    if demo and not _is_loopback(bind):
+        if not allow_demo_credentials:
+            raise fail(
+                f"refusing to bind {bind}: users.toml still has the demo credentials of "
+                f"{', '.join(demo)}. Rotate them, or pass --allow-demo-credentials."
+            )
+        typer.echo(
+            f"warning: serving on {bind} with the publicly known demo credentials of "
+            f"{', '.join(demo)}",
+            err=True,
+        )
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(config, upstream=upstream),
+        host=bind,
+        port=port or loaded.server.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command("check")
+@clean_errors
+def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Validate users.toml; exits 1 with the offending line or field."""
+    loaded = load_config(config)
+    typer.echo(f"{config}: ok ({len(loaded.users)} users, upstream {loaded.server.upstream})")
+
+
+@app.command("usage")
+@clean_errors
+def usage(
+    name: Annotated[str | None, typer.Argument(help="Only this user.")] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Requests and tokens per user, against their quota."""
+    loaded = load_config(config)
+    totals = read_totals(ledger_path(loaded, Path(config)))
+    selected = (
+        [accounts.get_user(loaded, name)] if name else [u for _, u in sorted(loaded.users.items())]
+    )
+    rows: list[dict[str, Any]] = [
+        accounts.usage_view(u, totals.get(u.name, Totals())) for u in selected
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    columns = [
+        "user",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "quota",
+        "remaining",
+    ]
+    print_table(columns, [[("-" if r[c] is None else str(r[c])) for c in columns] for r in rows])

@@ -1,0 +1,226 @@
+"""The users.toml data model: parsing, validation and serialisation.
+
+Everything that reads or writes users.toml goes through ``parse_config`` (so the CLI, the web
+UI and the hot-reloading proxy reject exactly the same files) and ``config_to_toml``.
+A limit that is absent from a user's table is unlimited; TOML has no null.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+Role = Literal["admin", "user"]
+ROLES: tuple[Role, ...] = ("admin", "user")
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+
+
+class ConfigError(ValueError):
+    """users.toml is unreadable or invalid; the message names the offending field or line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    upstream: str = DEFAULT_UPSTREAM
+    # Relative paths are resolved against the directory holding users.toml.
+    ledger: str = "usage.db"
+    connect_timeout: float = 5.0
+    # Longest silence tolerated from the engine, before the first byte or between two chunks.
+    read_timeout: float = 300.0
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: Role = "user"
+    key_hash: str | None = None
+    password_hash: str | None = None
+    rps: float | None = None
+    burst: int | None = None
+    quota: int | None = None
+    max_tokens: int | None = None
+    suspended: bool = False
+
+    @property
+    def bucket_capacity(self) -> float:
+        """How many requests may arrive at once; defaults to max(1, rps)."""
+        if self.burst is not None:
+            return float(self.burst)
+        return max(1.0, self.rps or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    users: Mapping[str, User] = field(default_factory=dict)
+
+    def by_key_hash(self) -> dict[str, User]:
+        return {u.key_hash: u for u in self.users.values() if u.key_hash}
+
+    def with_user(self, user: User) -> Config:
+        users = dict(self.users)
+        users[user.name] = user
+        return replace(self, users=users)
+
+    def without_user(self, name: str) -> Config:
+        users = dict(self.users)
+        del users[name]
+        return replace(self, users=users)
+
+
+_SERVER_FIELDS = {f.name: f for f in fields(ServerSettings)}
+_USER_FIELDS = {f.name for f in fields(User)} - {"name"}
+
+
+def _number(where: str, value: Any, *, integer: bool, minimum: float) -> float | int:
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: must be {kind}, got {value!r}")
+    number: float | int = value
+    if number < minimum:
+        raise ConfigError(f"{where}: must be >= {minimum:g}, got {value!r}")
+    return number
+
+
+def _parse_server(table: Any) -> ServerSettings:
+    if not isinstance(table, dict):
+        raise ConfigError("[server]: must be a table")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"[server].{key}"
+        if key not in _SERVER_FIELDS:
+            raise ConfigError(f"{where}: unknown field")
+        if key in ("host", "upstream", "ledger"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}: must be a non-empty string")
+            if key == "upstream" and not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{where}: must start with http:// or https://, got {value!r}")
+            values[key] = value.rstrip("/") if key == "upstream" else value
+        elif key in ("port", "max_body_bytes"):
+            values[key] = _number(where, value, integer=True, minimum=1)
+            if key == "port" and value > 65535:
+                raise ConfigError(f"{where}: must be <= 65535, got {value!r}")
+        else:
+            values[key] = float(_number(where, value, integer=False, minimum=0.001))
+    return ServerSettings(**values)
+
+
+def _parse_user(name: str, table: Any) -> User:
+    if not USER_NAME.match(name):
+        raise ConfigError(
+            f"[users.{name}]: invalid user name (letters, digits, and _ . @ -, at most 64)"
+        )
+    if not isinstance(table, dict):
+        raise ConfigError(f"[users.{name}]: must be a table")
+    values: dict[str, Any] = {"name": name}
+    for key, value in table.items():
+        where = f"[users.{name}].{key}"
+        if key not in _USER_FIELDS:
+            raise ConfigError(f"{where}: unknown field")
+        if key == "role":
+            if value not in ROLES:
+                raise ConfigError(f"{where}: must be 'admin' or 'user', got {value!r}")
+            values[key] = value
+        elif key in ("key_hash", "password_hash"):
+            if not isinstance(value, str) or ":" not in value:
+                raise ConfigError(f"{where}: must be a hash string such as 'sha256:...'")
+            values[key] = value
+        elif key == "suspended":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: must be true or false, got {value!r}")
+            values[key] = value
+        elif key == "rps":
+            rps = float(_number(where, value, integer=False, minimum=0))
+            if rps == 0:
+                raise ConfigError(f"{where}: must be > 0 (suspend the user to block them)")
+            values[key] = rps
+        elif key == "burst":
+            values[key] = _number(where, value, integer=True, minimum=1)
+        else:  # quota, max_tokens
+            values[key] = _number(where, value, integer=True, minimum=0 if key == "quota" else 1)
+    return User(**values)
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    unknown = set(data) - {"server", "users"}
+    if unknown:
+        raise ConfigError(f"unknown top-level table or key: {sorted(unknown)[0]}")
+    server = _parse_server(data.get("server", {}))
+    users_table = data.get("users", {})
+    if not isinstance(users_table, dict):
+        raise ConfigError("[users]: must be a table of user tables")
+    users = {name: _parse_user(name, table) for name, table in users_table.items()}
+    seen: dict[str, str] = {}
+    for user in users.values():
+        if user.key_hash:
+            if user.key_hash in seen:
+                raise ConfigError(
+                    f"[users.{user.name}].key_hash: same API key as user {seen[user.key_hash]!r}"
+                )
+            seen[user.key_hash] = user.name
+    return Config(server=server, users=users)
+
+
+def parse_config_text(text: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}") from None
+    return parse_config(data)
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (create one with `gatewayctl init`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        return parse_config_text(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def user_to_table(user: User) -> dict[str, Any]:
+    table: dict[str, Any] = {"role": user.role}
+    for name in ("key_hash", "password_hash", "rps", "burst", "quota", "max_tokens"):
+        value = getattr(user, name)
+        if value is not None:
+            table[name] = value
+    if user.suspended:
+        table["suspended"] = True
+    return table
+
+
+def validate_user(user: User) -> User:
+    """Check a user built in code against the same rules as a user read from the file."""
+    return _parse_user(user.name, user_to_table(user))
+
+
+def config_to_toml(config: Config) -> str:
+    defaults = ServerSettings()
+    server = {
+        name: getattr(config.server, name)
+        for name in _SERVER_FIELDS
+        if name in ("host", "port", "upstream", "ledger")
+        or getattr(config.server, name) != getattr(defaults, name)
+    }
+    users = {name: user_to_table(user) for name, user in sorted(config.users.items())}
+    return tomli_w.dumps({"server": server, "users": users})
+
+
+def ledger_path(config: Config, config_path: Path) -> Path:
+    path = Path(config.server.ledger)
+    return path if path.is_absolute() else config_path.resolve().parent / path

@@ -1,0 +1,90 @@
+"""The gateway's process state: current config, upstream client, ledger, limiter, quotas.
+
+One ``Gateway`` is made by the app factory and lives for the life of the app; nothing in the
+proxy is module-level state. ``start`` and ``stop`` are run by the ASGI lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import httpx
+from gatewayctl.proxy.config import Config, ConfigError, User, ledger_path, load_config
+from gatewayctl.proxy.ledger import Ledger
+from gatewayctl.proxy.limits import QuotaBook, RateLimiter
+from gatewayctl.proxy.reload import watch_file
+from gatewayctl.proxy.upstream import make_upstream_client
+
+log = logging.getLogger("gatewayctl")
+
+
+class Gateway:
+    def __init__(self, config_path: Path, *, upstream: str | None = None) -> None:
+        self.config_path = config_path
+        self.config: Config = load_config(config_path)  # refuse to start on a bad file
+        self._upstream_override = upstream.rstrip("/") if upstream else None
+        self.users_by_key: dict[str, User] = self.config.by_key_hash()
+        # The reason the file on disk was rejected, while the last good config serves.
+        self.config_error: str | None = None
+        self.reloads = 0
+        self.ledger = Ledger(ledger_path(self.config, config_path))
+        self.limiter = RateLimiter()
+        self.quotas = QuotaBook(self.ledger)
+        self._client: httpx.AsyncClient | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop_watching = asyncio.Event()
+
+    @property
+    def upstream(self) -> str:
+        return self._upstream_override or self.config.server.upstream
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        assert self._client is not None, "the gateway is not started"
+        return self._client
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.ledger.open)
+        if self.ledger.recovered:
+            log.warning(
+                "charged %d reservation(s) left by a gateway that stopped mid-request",
+                self.ledger.recovered,
+            )
+        self._client = make_upstream_client(self.config.server)
+        self._stop_watching.clear()
+        self._watcher = asyncio.create_task(
+            watch_file(self.config_path.resolve(), self.reload, self._stop_watching)
+        )
+
+    async def stop(self) -> None:
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._client is not None:
+            await self._client.aclose()
+        await asyncio.to_thread(self.ledger.close)
+
+    def reload(self) -> None:
+        """Re-read users.toml; a bad file is reported once and the last good config stays."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            if str(exc) != self.config_error:
+                log.error("users.toml rejected, still serving the last good config: %s", exc)
+            self.config_error = str(exc)
+        else:
+            self.apply(config)
+            self.config_error = None
+            self.reloads += 1
+            log.info("users.toml reloaded: %d users", len(config.users))
+
+    def apply(self, config: Config) -> None:
+        removed = set(self.config.users) - set(config.users)
+        self.config = config
+        self.users_by_key = config.by_key_hash()
+        self.limiter.forget(removed)

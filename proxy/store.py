@@ -1,0 +1,88 @@
+"""The only writer of users.toml.
+
+Every change (CLI, web UI) is a read-modify-write under an exclusive lock on a sidecar lock
+file, ending in an atomic replace (temp file in the same directory, fsync, rename, fsync of the
+directory). Two writers therefore never lose each other's update, and a reader (the proxy's
+hot reload) only ever sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from gatewayctl.proxy.config import (
+    Config,
+    ConfigError,
+    config_to_toml,
+    load_config,
+    parse_config_text,
+)
+
+T = TypeVar("T")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_path = path.with_name(path.name + ".lock")
+
+    def load(self) -> Config:
+        return load_config(self.path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"{self._lock_path}: cannot create lock file: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def update(self, change: Callable[[Config], tuple[Config, T]]) -> T:
+        """Apply ``change`` to the current file under the lock and write the result.
+
+        ``change`` gets the freshly read config and returns the new config plus a value for the
+        caller (a new key, say). It may raise; then nothing is written.
+        """
+        with self._locked():
+            current = self.load()
+            new, result = change(current)
+            self._write(new)
+            return result
+
+    def create(self, config: Config, *, overwrite: bool) -> None:
+        with self._locked():
+            if self.path.exists() and not overwrite:
+                raise ConfigError(f"{self.path} already exists (use --force to overwrite)")
+            self._write(config)
+
+    def _write(self, config: Config) -> None:
+        text = config_to_toml(config)
+        parse_config_text(text)  # never write a file the proxy would reject
+        directory = self.path.resolve().parent
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o600)  # the file holds password hashes
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
