@@ -16,6 +16,7 @@ from watchfiles import Change, awatch
 
 async def watch_file(target: Path, on_change: Callable[[], None], stop: asyncio.Event) -> None:
     """Call ``on_change`` whenever the file at the absolute path ``target`` changes."""
+
     def is_target(_change: Change, changed: str) -> bool:
         return Path(changed) == target
 
