@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-
 from gatewayctl.proxy.app import create_app
 from gatewayctl.proxy.config import Config, ServerSettings, User, config_to_toml
 from gatewayctl.proxy.credentials import hash_api_key, hash_password
 from gatewayctl.proxy.gateway import Gateway
 from gatewayctl.proxy.ledger import read_totals
+
 from tests.fakes.ollama import FakeOllama
 from tests.servers import serve_in_thread
 
