@@ -42,7 +42,12 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 def sdk_options(running: Running, user: str = "alice") -> dict[str, Any]:
-    return {"base_url": running.url + "/v1", "api_key": key_of(user), "max_retries": 0, "timeout": 60}
+    return {
+        "base_url": running.url + "/v1",
+        "api_key": key_of(user),
+        "max_retries": 0,
+        "timeout": 60,
+    }
 
 
 def sdk(running: Running, user: str = "alice") -> openai.OpenAI:
