@@ -13,8 +13,9 @@ from typing import Any
 from gatewayctl.proxy.config import USER_NAME, Config, ConfigError, Role, User, validate_user
 from gatewayctl.proxy.credentials import hash_api_key, hash_password, new_api_key
 from gatewayctl.proxy.ledger import Totals
+from gatewayctl.proxy.models import parse_patterns
 
-LIMIT_FIELDS = ("rps", "burst", "quota", "max_tokens")
+LIMIT_FIELDS = ("rps", "burst", "quota", "max_tokens", "models")
 
 
 class AccountError(ConfigError):
@@ -58,6 +59,11 @@ def _limit_changes(limits: dict[str, Any]) -> dict[str, Any]:
     unknown = set(limits) - set(LIMIT_FIELDS)
     if unknown:
         raise AccountError(f"unknown limit: {sorted(unknown)[0]}")
+    models = limits.get("models")
+    if isinstance(models, str):  # as typed: "llama3.2:*,qwen2.5:0.5b", or "none"
+        return {**limits, "models": parse_patterns(models)}
+    if isinstance(models, list):  # the dataclass is frozen: keep it hashable
+        return {**limits, "models": tuple(models)}
     return limits
 
 
@@ -103,6 +109,7 @@ def user_view(user: User) -> dict[str, Any]:
         "burst": user.burst,
         "quota": user.quota,
         "max_tokens": user.max_tokens,
+        "models": None if user.models is None else list(user.models),
         "has_password": user.password_hash is not None,
         "has_key": user.key_hash is not None,
     }

@@ -1,4 +1,5 @@
-"""Letting a request in: rate limit, per-request cap, quota reservation; and settling after.
+"""Letting a request in: rate limit, model access, per-request cap, quota reservation; and
+settling after.
 
 ``admit`` decides synchronously (the check and the in-memory reservation happen in one step
 on the event loop, so concurrent requests cannot both take the last tokens), then waits for the
@@ -18,6 +19,7 @@ from gatewayctl.proxy.forward import Outcome
 from gatewayctl.proxy.gateway import Gateway
 from gatewayctl.proxy.ledger import UsageRecord
 from gatewayctl.proxy.limits import rate_headers
+from gatewayctl.proxy.models import ensure_model_allowed
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ async def admit(
     choices: int = 1,
     generates: bool = True,
 ) -> Ticket:
+    ensure_model_allowed(user, model)
     limit = _smallest(requested_limit, user.max_tokens) if generates else None
     ticket = Ticket(user, model, endpoint, request_id, started, prompt_estimate, limit)
     available = gateway.quotas.available(user)

@@ -7,6 +7,7 @@ A limit that is absent from a user's table is unlimited; TOML has no null.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -18,7 +19,8 @@ import tomli_w
 
 Role = Literal["admin", "user"]
 ROLES: tuple[Role, ...] = ("admin", "user")
-USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "bob\n" in.
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
 
 
@@ -50,6 +52,8 @@ class User:
     quota: int | None = None
     max_tokens: int | None = None
     suspended: bool = False
+    # Glob patterns of the models this user may use (see proxy/models.py); None: all models.
+    models: tuple[str, ...] | None = None
 
     @property
     def bucket_capacity(self) -> float:
@@ -88,6 +92,8 @@ def _number(where: str, value: Any, *, integer: bool, minimum: float) -> float |
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{where}: must be {kind}, got {value!r}")
     number: float | int = value
+    if not math.isfinite(number):  # TOML has nan and inf; no limit or timeout means either
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if number < minimum:
         raise ConfigError(f"{where}: must be >= {minimum:g}, got {value!r}")
     return number
@@ -116,6 +122,21 @@ def _parse_server(table: Any) -> ServerSettings:
     return ServerSettings(**values)
 
 
+_MODEL_PATTERN = re.compile(r"^[^\s,]{1,200}$")
+
+
+def _parse_models(where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: must be a list of model name patterns, got {value!r}")
+    for pattern in value:
+        if not isinstance(pattern, str) or not _MODEL_PATTERN.match(pattern):
+            raise ConfigError(
+                f"{where}: {pattern!r} is not a model name pattern "
+                "(1 to 200 characters, no spaces or commas)"
+            )
+    return tuple(value)
+
+
 def _parse_user(name: str, table: Any) -> User:
     if not USER_NAME.match(name):
         raise ConfigError(
@@ -140,6 +161,8 @@ def _parse_user(name: str, table: Any) -> User:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: must be true or false, got {value!r}")
             values[key] = value
+        elif key == "models":
+            values[key] = _parse_models(where, value)
         elif key == "rps":
             rps = float(_number(where, value, integer=False, minimum=0))
             if rps == 0:
@@ -201,6 +224,8 @@ def user_to_table(user: User) -> dict[str, Any]:
             table[name] = value
     if user.suspended:
         table["suspended"] = True
+    if user.models is not None:
+        table["models"] = list(user.models)
     return table
 
 

@@ -33,9 +33,14 @@ def _ollama_embed_usage(body: bytes) -> Usage | None:
         data = json.loads(body)
     except ValueError:
         return None
-    if isinstance(data, dict) and isinstance(data.get("prompt_eval_count"), int):
-        return Usage(data["prompt_eval_count"], 0)
-    return None
+    if not isinstance(data, dict):
+        return None
+    count = data.get("prompt_eval_count")
+    if isinstance(count, int):
+        return Usage(count, 0)
+    if "embeddings" in data:  # /api/embed omits a zero count, like the done line does
+        return Usage(0, 0)
+    return None  # legacy /api/embeddings reports nothing: the prompt gets estimated
 
 
 def _usage_from_ollama_body(body: bytes) -> Usage | None:
