@@ -8,7 +8,10 @@
     ├── NotFound                    404
     ├── PayloadTooLarge             413
     ├── RateLimited                 429 rate_limit_exceeded, Retry-After
+    │   ├── ConcurrencyLimited      429 concurrency_limit_exceeded (the user's own cap)
+    │   └── ServerBusy              429 server_busy (upstream queue full, or waited too long)
     ├── UpstreamUnavailable         502 (connection refused, reset, bad answer)
+    │   └── UpstreamConnectFailed   502, no connection was made: another upstream may be tried
     └── UpstreamTimeout             504
 
 The same error renders OpenAI-shaped on /v1 (``{"error": {"message", "type", "param",
@@ -102,10 +105,22 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class ConcurrencyLimited(RateLimited):
+    code = "concurrency_limit_exceeded"
+
+
+class ServerBusy(RateLimited):
+    code = "server_busy"
+
+
 class UpstreamUnavailable(GatewayError):
     status = 502
     type = "api_error"
     code = "upstream_unavailable"
+
+
+class UpstreamConnectFailed(UpstreamUnavailable):
+    """Nothing reached the engine, so nothing was generated: safe to send elsewhere."""
 
 
 class UpstreamTimeout(GatewayError):

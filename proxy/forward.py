@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 import httpx
 from gatewayctl.proxy.asgi import Headers, Receive, Send, send_response
 from gatewayctl.proxy.dialect import Dialect
-from gatewayctl.proxy.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gatewayctl.proxy.errors import (
+    GatewayError,
+    UpstreamConnectFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gatewayctl.proxy.usage import NdjsonScanner, SseScanner, Usage
 
 _STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
@@ -35,9 +40,12 @@ class Outcome:
 
 
 def upstream_error(exc: httpx.HTTPError, upstream: str) -> GatewayError:
-    if isinstance(exc, httpx.TimeoutException):
+    # No connection means nothing reached the engine: the caller may try another upstream.
+    unconnected = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+    if isinstance(exc, httpx.TimeoutException) and not unconnected:
         return UpstreamTimeout(f"the upstream {upstream} did not answer in time")
-    return UpstreamUnavailable(f"the upstream {upstream} is unreachable: {type(exc).__name__}")
+    kind = UpstreamConnectFailed if unconnected else UpstreamUnavailable
+    return kind(f"the upstream {upstream} is unreachable: {type(exc).__name__}")
 
 
 class Relay:
