@@ -113,7 +113,9 @@ class UsageRecord:
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        # as_uri percent-encodes the path: a "#" or "?" in it would otherwise cut the URI and
+        # open (and create) some other file.
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
     else:
         conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -126,15 +128,18 @@ def read_totals(path: Path) -> dict[str, Totals]:
     """Per-user totals as committed on disk; for processes other than the gateway."""
     if not path.exists():
         return {}
-    conn = connect(path, readonly=True)
     try:
-        rows = conn.execute(
-            "SELECT user, requests, prompt_tokens, completion_tokens FROM totals"
-        ).fetchall()
-    except sqlite3.OperationalError:  # created but not yet initialised
-        return {}
-    finally:
-        conn.close()
+        conn = connect(path, readonly=True)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'totals'").fetchone():
+                return {}  # created but not yet initialised
+            rows = conn.execute(
+                "SELECT user, requests, prompt_tokens, completion_tokens FROM totals"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:  # not a database, unreadable: a clean error, not a traceback
+        raise LedgerError(f"{path}: cannot read the usage ledger: {exc}") from None
     return {user: Totals(r, p, c) for user, r, p, c in rows}
 
 
