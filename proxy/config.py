@@ -19,6 +19,8 @@ import tomli_w
 
 Role = Literal["admin", "user"]
 ROLES: tuple[Role, ...] = ("admin", "user")
+UpstreamKind = Literal["ollama", "openai"]
+UPSTREAM_KINDS: tuple[UpstreamKind, ...] = ("ollama", "openai")
 # \Z, not $: "$" also matches before a trailing newline, which would let "bob\n" in.
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
@@ -39,6 +41,26 @@ class ServerSettings:
     # Longest silence tolerated from the engine, before the first byte or between two chunks.
     read_timeout: float = 300.0
     max_body_bytes: int = 32 * 1024 * 1024
+    # Default cap on requests in flight per upstream (None: no cap, nothing ever queues).
+    max_in_flight: int | None = None
+    # Requests waiting for a saturated upstream: at most max_queue, each at most queue_timeout s.
+    max_queue: int = 256
+    queue_timeout: float = 30.0
+    # Seconds between two health checks of each upstream.
+    health_interval: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """One engine from an ``[[upstreams]]`` table."""
+
+    url: str
+    # Names or globs of the models it serves; empty: every model.
+    models: tuple[str, ...] = ()
+    # None: the [server] default.
+    max_in_flight: int | None = None
+    # Decides the health probe (/api/version or /v1/models) and whether /api routes may use it.
+    kind: UpstreamKind = "ollama"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +73,7 @@ class User:
     burst: int | None = None
     quota: int | None = None
     max_tokens: int | None = None
+    concurrency: int | None = None  # requests in flight at once, queued ones included
     suspended: bool = False
     # Glob patterns of the models this user may use (see proxy/models.py); None: all models.
     models: tuple[str, ...] | None = None
@@ -67,6 +90,11 @@ class User:
 class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     users: Mapping[str, User] = field(default_factory=dict)
+    # Empty: the single [server].upstream.
+    upstreams: tuple[UpstreamSettings, ...] = ()
+
+    def effective_upstreams(self) -> tuple[UpstreamSettings, ...]:
+        return self.upstreams or (UpstreamSettings(url=self.server.upstream),)
 
     def by_key_hash(self) -> dict[str, User]:
         return {u.key_hash: u for u in self.users.values() if u.key_hash}
@@ -84,6 +112,7 @@ class Config:
 
 _SERVER_FIELDS = {f.name: f for f in fields(ServerSettings)}
 _USER_FIELDS = {f.name for f in fields(User)} - {"name"}
+_UPSTREAM_FIELDS = {f.name for f in fields(UpstreamSettings)}
 
 
 def _number(where: str, value: Any, *, integer: bool, minimum: float) -> float | int:
@@ -110,10 +139,8 @@ def _parse_server(table: Any) -> ServerSettings:
         if key in ("host", "upstream", "ledger"):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where}: must be a non-empty string")
-            if key == "upstream" and not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{where}: must start with http:// or https://, got {value!r}")
-            values[key] = value.rstrip("/") if key == "upstream" else value
-        elif key in ("port", "max_body_bytes"):
+            values[key] = _url(where, value) if key == "upstream" else value
+        elif key in ("port", "max_body_bytes", "max_in_flight", "max_queue"):
             values[key] = _number(where, value, integer=True, minimum=1)
             if key == "port" and value > 65535:
                 raise ConfigError(f"{where}: must be <= 65535, got {value!r}")
@@ -135,6 +162,60 @@ def _parse_models(where: str, value: Any) -> tuple[str, ...]:
                 "(1 to 200 characters, no spaces or commas)"
             )
     return tuple(value)
+
+
+def _url(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{where}: must be a URL starting with http:// or https://, got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _parse_upstream(index: int, table: Any) -> UpstreamSettings:
+    at = f"[[upstreams]] #{index + 1}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{at}: must be a table")
+    if "url" not in table:
+        raise ConfigError(f"{at}.url: missing (the engine's base URL)")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"{at}.{key}"
+        if key not in _UPSTREAM_FIELDS:
+            raise ConfigError(f"{where}: unknown field")
+        if key == "url":
+            values[key] = _url(where, value)
+        elif key == "models":
+            values[key] = _parse_models(where, value)
+            if not value:
+                raise ConfigError(f"{where}: must not be empty (leave it out to serve every model)")
+        elif key == "max_in_flight":
+            values[key] = _number(where, value, integer=True, minimum=1)
+        elif value not in UPSTREAM_KINDS:  # kind
+            raise ConfigError(f"{where}: must be 'ollama' or 'openai', got {value!r}")
+        else:
+            values[key] = value
+    return UpstreamSettings(**values)
+
+
+def _parse_upstreams(data: Mapping[str, Any]) -> tuple[UpstreamSettings, ...]:
+    tables = data.get("upstreams")
+    if tables is None:
+        return ()
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError("upstreams: must be one or more [[upstreams]] tables")
+    if isinstance(data.get("server"), dict) and "upstream" in data["server"]:
+        raise ConfigError(
+            "[server].upstream: not allowed together with [[upstreams]] "
+            "(move it into an [[upstreams]] table)"
+        )
+    upstreams = tuple(_parse_upstream(i, t) for i, t in enumerate(tables))
+    seen: set[str] = set()
+    for i, upstream in enumerate(upstreams):
+        if upstream.url in seen:
+            raise ConfigError(f"[[upstreams]] #{i + 1}.url: {upstream.url} is listed twice")
+        seen.add(upstream.url)
+    return upstreams
 
 
 def _parse_user(name: str, table: Any) -> User:
@@ -170,16 +251,17 @@ def _parse_user(name: str, table: Any) -> User:
             values[key] = rps
         elif key == "burst":
             values[key] = _number(where, value, integer=True, minimum=1)
-        else:  # quota, max_tokens
+        else:  # quota, max_tokens, concurrency
             values[key] = _number(where, value, integer=True, minimum=0 if key == "quota" else 1)
     return User(**values)
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
-    unknown = set(data) - {"server", "users"}
+    unknown = set(data) - {"server", "users", "upstreams"}
     if unknown:
         raise ConfigError(f"unknown top-level table or key: {sorted(unknown)[0]}")
     server = _parse_server(data.get("server", {}))
+    upstreams = _parse_upstreams(data)
     users_table = data.get("users", {})
     if not isinstance(users_table, dict):
         raise ConfigError("[users]: must be a table of user tables")
@@ -192,7 +274,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                     f"[users.{user.name}].key_hash: same API key as user {seen[user.key_hash]!r}"
                 )
             seen[user.key_hash] = user.name
-    return Config(server=server, users=users)
+    return Config(server=server, users=users, upstreams=upstreams)
 
 
 def parse_config_text(text: str) -> Config:
@@ -218,7 +300,7 @@ def load_config(path: Path) -> Config:
 
 def user_to_table(user: User) -> dict[str, Any]:
     table: dict[str, Any] = {"role": user.role}
-    for name in ("key_hash", "password_hash", "rps", "burst", "quota", "max_tokens"):
+    for name in ("key_hash", "password_hash", "rps", "burst", "quota", "max_tokens", "concurrency"):
         value = getattr(user, name)
         if value is not None:
             table[name] = value
@@ -242,8 +324,25 @@ def config_to_toml(config: Config) -> str:
         if name in ("host", "port", "upstream", "ledger")
         or getattr(config.server, name) != getattr(defaults, name)
     }
+    if config.upstreams:
+        del server["upstream"]  # the two forms are exclusive
     users = {name: user_to_table(user) for name, user in sorted(config.users.items())}
-    return tomli_w.dumps({"server": server, "users": users})
+    document: dict[str, Any] = {"server": server}
+    if config.upstreams:
+        document["upstreams"] = [_upstream_to_table(u) for u in config.upstreams]
+    document["users"] = users
+    return tomli_w.dumps(document)
+
+
+def _upstream_to_table(upstream: UpstreamSettings) -> dict[str, Any]:
+    table: dict[str, Any] = {"url": upstream.url}
+    if upstream.models:
+        table["models"] = list(upstream.models)
+    if upstream.max_in_flight is not None:
+        table["max_in_flight"] = upstream.max_in_flight
+    if upstream.kind != "ollama":
+        table["kind"] = upstream.kind
+    return table
 
 
 def ledger_path(config: Config, config_path: Path) -> Path:
