@@ -67,11 +67,14 @@ def parse_patterns(text: str) -> tuple[str, ...] | None:
     return patterns
 
 
-def model_allowed(user: User, model: str) -> bool:
-    if user.models is None:
-        return True
+def matches_any(patterns: Iterable[str], model: str) -> bool:
+    """Whether a model name matches one of the patterns (also used for upstreams' lists)."""
     name = canonical(model)
-    return any(fnmatch.fnmatchcase(name, _pattern(p)) for p in user.models)
+    return any(fnmatch.fnmatchcase(name, _pattern(p)) for p in patterns)
+
+
+def model_allowed(user: User, model: str) -> bool:
+    return user.models is None or matches_any(user.models, model)
 
 
 def ensure_model_allowed(user: User, model: str) -> None:
@@ -79,7 +82,7 @@ def ensure_model_allowed(user: User, model: str) -> None:
         raise ModelNotAllowed(user, model)
 
 
-def _entry_name(entry: Any) -> str | None:
+def entry_name(entry: Any) -> str | None:
     if not isinstance(entry, dict):
         return None
     # OpenAI lists name a model by "id", Ollama's by "name" (and "model" in newer versions).
@@ -96,7 +99,7 @@ def allowed_entries(user: User, entries: Iterable[Any]) -> list[Any]:
         return list(entries)
     kept = []
     for entry in entries:
-        name = _entry_name(entry)
+        name = entry_name(entry)
         if name is not None and model_allowed(user, name):
             kept.append(entry)
     return kept
