@@ -16,6 +16,7 @@ from gatewayctl.cli.common import (
 )
 from gatewayctl.proxy import accounts
 from gatewayctl.proxy.config import Role
+from gatewayctl.proxy.models import parse_patterns
 from gatewayctl.proxy.store import Store
 
 app = typer.Typer(help="Manage users, keys and limits.", no_args_is_help=False)
@@ -32,19 +33,36 @@ QuotaOption = Annotated[
 MaxTokensOption = Annotated[
     str | None, typer.Option("--max-tokens", help="Cap on max_tokens of each request.")
 ]
+ModelsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--models",
+        help="Models the user may use: comma-separated globs such as 'llama3.2:*,qwen2.5:0.5b'"
+        " ('none': all models).",
+    ),
+]
 
 
 def _limits(
-    rps: str | None, burst: str | None, quota: str | None, max_tokens: str | None
+    rps: str | None,
+    burst: str | None,
+    quota: str | None,
+    max_tokens: str | None,
+    models: str | None = None,
 ) -> dict[str, Any]:
-    return limit_changes(
+    limits = limit_changes(
         rps=(rps, float), burst=(burst, int), quota=(quota, int), max_tokens=(max_tokens, int)
     )
+    if models is not None:
+        limits["models"] = parse_patterns(models)
+    return limits
 
 
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(value)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -65,13 +83,14 @@ def user_list(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False
     if as_json:
         print_json(users)
         return
-    columns = ["user", "role", "status", "rps", "burst", "quota", "max_tokens"]
+    columns = ["user", "role", "status", "rps", "burst", "quota", "max_tokens", "models"]
     rows = [
         [
             u["user"],
             u["role"],
             "suspended" if u["suspended"] else "active",
             *(_fmt(u[k]) for k in ("rps", "burst", "quota", "max_tokens")),
+            "all" if u["models"] is None else _fmt(u["models"]),
         ]
         for u in users
     ]
@@ -104,13 +123,14 @@ def user_add(
     burst: BurstOption = None,
     quota: QuotaOption = None,
     max_tokens: MaxTokensOption = None,
+    models: ModelsOption = None,
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Add a user and print their new API key (shown this once)."""
     if role not in ("user", "admin"):
         raise accounts.AccountError(f"--role must be 'user' or 'admin', got {role!r}")
     chosen: Role = "admin" if role == "admin" else "user"
-    limits = _limits(rps, burst, quota, max_tokens)
+    limits = _limits(rps, burst, quota, max_tokens, models)
     key = Store(config).update(
         lambda c: accounts.add_user(c, name, role=chosen, password=password, limits=limits)
     )
@@ -126,13 +146,15 @@ def user_set_limit(
     burst: BurstOption = None,
     quota: QuotaOption = None,
     max_tokens: MaxTokensOption = None,
+    models: ModelsOption = None,
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
-    """Change limits; 'none' lifts one. The running gateway applies it within a second."""
-    limits = _limits(rps, burst, quota, max_tokens)
+    """Change limits or allowed models; 'none' lifts one. The running gateway applies it within
+    a second."""
+    limits = _limits(rps, burst, quota, max_tokens, models)
     if not limits:
         raise accounts.AccountError(
-            "nothing to change: give --rps, --burst, --quota or --max-tokens"
+            "nothing to change: give --rps, --burst, --quota, --max-tokens or --models"
         )
     user = Store(config).update(lambda c: accounts.set_limits(c, name, limits))
     changes = ", ".join(f"{k}={_fmt(getattr(user, k))}" for k in limits)

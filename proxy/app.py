@@ -6,10 +6,17 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from gatewayctl.proxy import ollama_api
 from gatewayctl.proxy.dialect import OLLAMA, OPENAI
-from gatewayctl.proxy.endpoints import PassthroughEndpoint, ProxyEndpoint
+from gatewayctl.proxy.endpoints import PassthroughEndpoint, Planner, ProxyEndpoint
 from gatewayctl.proxy.errors import BadRequest, GatewayError, NotFound
 from gatewayctl.proxy.gateway import Gateway
+from gatewayctl.proxy.model_endpoints import (
+    ManagementEndpoint,
+    ModelListEndpoint,
+    guard_model_in_body,
+    guard_model_in_path,
+)
 from gatewayctl.proxy.openai_api import plan_chat, plan_completion, plan_embedding
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,17 +26,42 @@ from starlette.routing import BaseRoute, Route
 
 
 def openai_routes(gateway: Gateway) -> list[BaseRoute]:
-    def proxy(path: str, planner: object, name: str) -> Route:
-        endpoint = ProxyEndpoint(gateway, OPENAI, planner, name=name)  # type: ignore[arg-type]
-        return Route(path, endpoint, methods=["POST"])
+    def proxy(path: str, planner: Planner, name: str) -> Route:
+        return Route(path, ProxyEndpoint(gateway, OPENAI, planner, name=name), methods=["POST"])
 
-    models = PassthroughEndpoint(gateway, OPENAI)
+    one_model = PassthroughEndpoint(gateway, OPENAI, guard_model_in_path)
     return [
         proxy("/v1/chat/completions", plan_chat, "chat.completions"),
         proxy("/v1/completions", plan_completion, "completions"),
         proxy("/v1/embeddings", plan_embedding, "embeddings"),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/models/{model:path}", models, methods=["GET"]),
+        Route("/v1/models", ModelListEndpoint(gateway, OPENAI), methods=["GET"]),
+        Route("/v1/models/{model:path}", one_model, methods=["GET"]),
+    ]
+
+
+def ollama_routes(gateway: Gateway) -> list[BaseRoute]:
+    def proxy(path: str, planner: Planner, name: str) -> Route:
+        return Route(path, ProxyEndpoint(gateway, OLLAMA, planner, name=name), methods=["POST"])
+
+    models = ModelListEndpoint(gateway, OLLAMA)
+    manage = ManagementEndpoint(gateway, OLLAMA)
+    return [
+        proxy("/api/chat", ollama_api.plan_chat, "api.chat"),
+        proxy("/api/generate", ollama_api.plan_generate, "api.generate"),
+        proxy("/api/embed", ollama_api.plan_embed, "api.embed"),
+        proxy("/api/embeddings", ollama_api.plan_embeddings, "api.embeddings"),
+        Route("/api/tags", models, methods=["GET"]),
+        Route("/api/ps", models, methods=["GET"]),
+        Route(
+            "/api/show", PassthroughEndpoint(gateway, OLLAMA, guard_model_in_body), methods=["POST"]
+        ),
+        Route("/api/version", PassthroughEndpoint(gateway, OLLAMA), methods=["GET"]),
+        *(
+            Route(f"/api/{verb}", manage, methods=["POST"])
+            for verb in ("pull", "push", "create", "copy")
+        ),
+        Route("/api/delete", manage, methods=["DELETE"]),
+        Route("/api/blobs/{digest}", manage, methods=["HEAD", "POST"]),
     ]
 
 
@@ -60,7 +92,7 @@ def create_app(config_path: Path, *, upstream: str | None = None) -> Starlette:
             await gateway.stop()
 
     app = Starlette(
-        routes=openai_routes(gateway),
+        routes=[*openai_routes(gateway), *ollama_routes(gateway)],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
     )

@@ -36,3 +36,10 @@ def user_for_key(users_by_key: Mapping[str, User], key: str | None) -> User:
     if user.suspended:
         raise Forbidden(f"The account {user.name!r} is suspended.", code="account_suspended")
     return user
+
+
+def require_admin(user: User) -> None:
+    if user.role != "admin":
+        raise Forbidden(
+            f"{user.name!r} is not an admin: this route is for admins only.", code="admin_only"
+        )

@@ -171,16 +171,29 @@ class ProxyEndpoint(_Endpoint):
             settle(gateway, ticket, outcome)
 
 
+Guard = Callable[[User, Scope, bytes], None]  # raises GatewayError to refuse the request
+
+
 class PassthroughEndpoint(_Endpoint):
-    """A read-only route (model lists): authenticated, forwarded, not accounted."""
+    """A route that reads rather than generates (a version, one model's details): authenticated,
+    checked by its guard, forwarded with its body, not accounted."""
+
+    def __init__(self, gateway: Gateway, dialect: Dialect, guard: Guard | None = None) -> None:
+        super().__init__(gateway, dialect)
+        self._guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope)
         try:
-            await read_body(receive, self.gateway.config.server.max_body_bytes)
-            self._authenticate(scope)
+            body = await read_body(receive, self.gateway.config.server.max_body_bytes)
+            user = self._authenticate(scope)
+            if self._guard is not None:
+                self._guard(user, scope, body)
             request = self.gateway.client.build_request(
-                scope["method"], self._url(scope), headers=upstream_headers(scope, request_id)
+                scope["method"],
+                self._url(scope),
+                content=body or None,
+                headers=upstream_headers(scope, request_id),
             )
             relay = Relay(
                 self.gateway.client,

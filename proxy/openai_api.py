@@ -10,7 +10,7 @@ from gatewayctl.proxy.errors import BadRequest
 from gatewayctl.proxy.usage import estimate_prompt_tokens
 
 
-def _field(payload: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+def typed_field(payload: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
     value = payload.get(name)
     if value is None:
         return None
@@ -20,28 +20,28 @@ def _field(payload: dict[str, Any], name: str, kinds: tuple[type, ...], what: st
 
 
 def required_model(payload: dict[str, Any]) -> str:
-    model = _field(payload, "model", (str,), "a string")
+    model = typed_field(payload, "model", (str,), "a string")
     if not model:
         raise BadRequest("You must provide a model parameter.", param="model")
     return str(model)
 
 
 def positive_int(payload: dict[str, Any], name: str) -> int | None:
-    value: int | None = _field(payload, name, (int,), "an integer")
+    value: int | None = typed_field(payload, name, (int,), "an integer")
     if value is not None and value < 1:
         raise BadRequest(f"Invalid '{name}': must be at least 1, got {value}.", param=name)
     return value
 
 
 def _require(payload: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> None:
-    if _field(payload, name, kinds, what) is None:
+    if typed_field(payload, name, kinds, what) is None:
         raise BadRequest(f"Missing required parameter: '{name}'.", param=name)
 
 
 def _generation_plan(payload: dict[str, Any]) -> Plan:
     model = required_model(payload)
-    stream = bool(_field(payload, "stream", (bool,), "a boolean"))
-    options = _field(payload, "stream_options", (dict,), "an object")
+    stream = bool(typed_field(payload, "stream", (bool,), "a boolean"))
+    options = typed_field(payload, "stream_options", (dict,), "an object")
     client_wants_usage = bool(options and options.get("include_usage") is True)
     requested = [positive_int(payload, n) for n in ("max_tokens", "max_completion_tokens")]
     present = [r for r in requested if r is not None]
