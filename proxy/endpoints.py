@@ -113,8 +113,16 @@ class _Endpoint:
 class ProxyEndpoint(_Endpoint):
     """A generating or embedding route: limited, capped, accounted."""
 
-    def __init__(self, gateway: Gateway, dialect: Dialect, planner: Planner, *, name: str) -> None:
-        super().__init__(gateway, dialect)
+    def __init__(
+        self,
+        gateway: Gateway,
+        dialect: Dialect,
+        planner: Planner,
+        *,
+        name: str,
+        authenticate: Authenticator | None = None,
+    ) -> None:
+        super().__init__(gateway, dialect, authenticate)
         self.planner = planner
         self.name = name
 
