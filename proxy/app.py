@@ -18,6 +18,7 @@ from gatewayctl.proxy.model_endpoints import (
     guard_model_in_path,
 )
 from gatewayctl.proxy.openai_api import plan_chat, plan_completion, plan_embedding
+from gatewayctl.webui.routes import webui_routes
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -92,7 +93,7 @@ def create_app(config_path: Path, *, upstream: str | None = None) -> Starlette:
             await gateway.stop()
 
     app = Starlette(
-        routes=[*openai_routes(gateway), *ollama_routes(gateway)],
+        routes=[*openai_routes(gateway), *ollama_routes(gateway), *webui_routes(gateway)],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
     )
