@@ -49,7 +49,7 @@ def add_user(
         name=name,
         role=role,
         key_hash=hash_api_key(key),
-        password_hash=hash_password(password) if password else None,
+        password_hash=None if password is None else _password_hash(password),
     )
     user = validate_user(replace(user, **_limit_changes(limits or {})))
     return config.with_user(user), key
@@ -84,10 +84,15 @@ def rotate_key(config: Config, name: str) -> tuple[Config, str]:
     return config.with_user(user), key
 
 
-def set_password(config: Config, name: str, password: str) -> tuple[Config, User]:
+def _password_hash(password: str) -> str:
+    """The one password rule, for new users and changed passwords alike."""
     if len(password) < 6:
         raise AccountError("password too short (at least 6 characters)")
-    user = replace(get_user(config, name), password_hash=hash_password(password))
+    return hash_password(password)
+
+
+def set_password(config: Config, name: str, password: str) -> tuple[Config, User]:
+    user = replace(get_user(config, name), password_hash=_password_hash(password))
     return config.with_user(user), user
 
 
