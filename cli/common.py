@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -16,12 +17,35 @@ from gatewayctl.proxy.ledger import LedgerError
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+def _typed(source: Enum | None) -> bool:
+    """Whether a parameter came from the command line (not the environment or a default)."""
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _group_config(ctx: typer.Context, value: Path) -> Path:
+    """`gatewayctl user --config X list` acts on X, not on the subcommand's own default.
+
+    The group and each subcommand both take --config; without this, a --config given before
+    the subcommand was silently ignored and ./users.toml (or $GATEWAYCTL_CONFIG) changed instead.
+    """
+    parent = ctx.parent
+    if (
+        parent is not None
+        and _typed(parent.get_parameter_source("config"))
+        and not _typed(ctx.get_parameter_source("config"))
+    ):
+        return Path(parent.params["config"])
+    return value
+
+
 ConfigOption = Annotated[
     Path,
     typer.Option(
         "--config",
         "-c",
         envvar="GATEWAYCTL_CONFIG",
+        callback=_group_config,
         help="Path of users.toml (default: $GATEWAYCTL_CONFIG, else ./users.toml).",
         show_default=False,
     ),
