@@ -11,8 +11,7 @@
     │   ├── ConcurrencyLimited      429 concurrency_limit_exceeded (the user's own cap)
     │   └── ServerBusy              429 server_busy (upstream queue full, or waited too long)
     ├── UpstreamUnavailable         502 (connection refused, reset, bad answer)
-    │   ├── UpstreamConnectFailed   502, no connection was made: another upstream may be tried
-    │   └── NoHealthyUpstream       503 no upstream serving the model is up, Retry-After
+    │   └── UpstreamConnectFailed   502, no connection was made: another upstream may be tried
     └── UpstreamTimeout             504
 
 The same error renders OpenAI-shaped on /v1 (``{"error": {"message", "type", "param",
@@ -122,11 +121,6 @@ class UpstreamUnavailable(GatewayError):
 
 class UpstreamConnectFailed(UpstreamUnavailable):
     """Nothing reached the engine, so nothing was generated: safe to send elsewhere."""
-
-
-class NoHealthyUpstream(UpstreamUnavailable):
-    status = 503
-    code = "no_healthy_upstream"
 
 
 class UpstreamTimeout(GatewayError):
