@@ -25,6 +25,7 @@ from gatewayctl.proxy.config import (
     ServerSettings,
     ledger_path,
     load_config,
+    parse_config,
 )
 from gatewayctl.proxy.credentials import new_password
 from gatewayctl.proxy.demo import demo_credentials_in
@@ -58,6 +59,9 @@ def init(
     typer.echo(f"password:   {password}")
     typer.echo(f"API key:    {key}")
     typer.echo("(shown once: store them now)")
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _is_loopback(host: str) -> bool:
@@ -95,18 +99,23 @@ def serve(
             help="Bind a non-loopback address although the demo keys and passwords are present.",
         ),
     ] = False,
-    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_level: Annotated[str, typer.Option("--log-level", help=", ".join(LOG_LEVELS))] = "info",
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Run the gateway."""
-    import uvicorn
-    from gatewayctl.proxy.app import create_app
-
     if workers != 1:
         raise fail(
             "--workers must be 1: rate limits and quota reservations live in this process, and "
             "several workers would each keep their own (a shared backend is not there yet)"
         )
+    # Checked here: logging and uvicorn would fail on them with a traceback, after startup.
+    log_level = log_level.lower()
+    if log_level not in LOG_LEVELS:
+        raise fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    if port is not None and not 1 <= port <= 65535:
+        raise fail(f"--port must be between 1 and 65535, got {port}")
+    if upstream is not None:
+        parse_config({"server": {"upstream": upstream}})  # the rule users.toml follows
     loaded = load_config(config)
     bind = host or loaded.server.host
     demo = demo_credentials_in(loaded)
@@ -121,6 +130,9 @@ def serve(
             f"{', '.join(demo)}",
             err=True,
         )
+    import uvicorn  # imported late: every other command starts faster without it
+    from gatewayctl.proxy.app import create_app
+
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
