@@ -13,7 +13,8 @@ Deterministic by design:
 * prompt token counts follow :meth:`FakeOllama.prompt_tokens_for`;
 * durations in ``/api`` done lines are computed from the token counts, not measured.
 
-Knobs (all settable while the server runs): ``token_delay``, ``header_delay``, ``mode``.
+Knobs (all settable while the server runs): ``token_delay``, ``header_delay``, ``mode``,
+``reply_text``.
 Call :meth:`FakeOllama.reset` between tests that share one server.
 """
 
@@ -50,6 +51,7 @@ __all__ = [
     "FakeOllama",
     "Mode",
     "Recorded",
+    "tokens_of",
 ]
 
 Mode = Literal["ollama", "llamacpp", "drop", "error_midstream"]
@@ -64,9 +66,14 @@ REPLY_TEXT: Final[str] = (
 )
 """The full reply of every chat/completion/generate request (48 words)."""
 
-REPLY_TOKENS: Final[tuple[str, ...]] = tuple(
-    word if i == 0 else " " + word for i, word in enumerate(REPLY_TEXT.split(" "))
-)
+
+def tokens_of(text: str) -> tuple[str, ...]:
+    """One token per space-separated word; every token but the first carries its leading space,
+    so the tokens joined give back ``text`` exactly."""
+    return tuple(word if i == 0 else " " + word for i, word in enumerate(text.split(" ")))
+
+
+REPLY_TOKENS: Final[tuple[str, ...]] = tokens_of(REPLY_TEXT)
 """One token per word; every token but the first carries its leading space."""
 
 VERSION: Final[str] = "0.33.0"
@@ -332,6 +339,9 @@ class FakeOllama:
 
     ``token_delay``
         seconds slept before each streamed content token (``asyncio.sleep``; 0 still yields).
+    ``reply_text``
+        the text every generation answers (default :data:`REPLY_TEXT`), split into tokens by
+        :func:`tokens_of`.
     ``header_delay``
         seconds slept before *any* response is started (after the request has been recorded),
         to provoke header/read timeouts in a client.
@@ -374,6 +384,7 @@ class FakeOllama:
         self.token_delay: float = token_delay
         self.header_delay: float = 0.0
         self.mode: Mode = "ollama"
+        self.reply_text: str = REPLY_TEXT
         self.requests: list[Recorded] = []
         self.cancelled = threading.Event()
         self.first_token_sent = threading.Event()
@@ -415,6 +426,11 @@ class FakeOllama:
         with self._lock:
             return tuple(self._models)
 
+    @property
+    def reply_tokens(self) -> tuple[str, ...]:
+        """The tokens of the current ``reply_text``."""
+        return tokens_of(self.reply_text)
+
     def requests_to(self, path: str) -> list[Recorded]:
         """The recorded requests whose path equals ``path``."""
         with self._lock:
@@ -431,6 +447,7 @@ class FakeOllama:
             self.token_delay = self._initial_token_delay
             self.header_delay = 0.0
             self.mode = "ollama"
+            self.reply_text = REPLY_TEXT
         self.cancelled.clear()
         self.first_token_sent.clear()
         self.finished.clear()
@@ -469,7 +486,7 @@ class FakeOllama:
         return 0
 
     def completion_tokens_for(self, body: Any, *, native: bool = False) -> int:
-        """How many tokens of :data:`REPLY_TOKENS` a request gets.
+        """How many tokens of :attr:`reply_tokens` (default :data:`REPLY_TOKENS`) a request gets.
 
         ``/v1`` (``native=False``): ``min(len(REPLY_TOKENS), max_tokens)`` when ``max_tokens`` is
         a positive integer; ``max_completion_tokens`` is ignored, like real Ollama.
@@ -478,14 +495,15 @@ class FakeOllama:
         ``finish_reason`` / ``done_reason`` is ``"length"`` exactly when this is less than
         ``len(REPLY_TOKENS)``.
         """
+        whole = len(self.reply_tokens)
         if not isinstance(body, dict):
-            return len(REPLY_TOKENS)
+            return whole
         if native:
             options = body.get("options")
             limit = _positive_int(options.get("num_predict")) if isinstance(options, dict) else None
         else:
             limit = _positive_int(body.get("max_tokens"))
-        return len(REPLY_TOKENS) if limit is None else min(len(REPLY_TOKENS), limit)
+        return whole if limit is None else min(whole, limit)
 
     # ----------------------------------------------------------------- internals: state
 
@@ -672,8 +690,9 @@ class FakeOllama:
     def _plan(self, body: dict[str, Any], *, native: bool) -> tuple[tuple[str, ...], str, int]:
         """(tokens, finish reason, prompt tokens) for a generation request."""
         n = self.completion_tokens_for(body, native=native)
-        finish = "length" if n < len(REPLY_TOKENS) else "stop"
-        return REPLY_TOKENS[:n], finish, self.prompt_tokens_for(body)
+        tokens = self.reply_tokens
+        finish = "length" if n < len(tokens) else "stop"
+        return tokens[:n], finish, self.prompt_tokens_for(body)
 
     @staticmethod
     def _cached(body: dict[str, Any]) -> bool:
