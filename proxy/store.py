@@ -68,15 +68,18 @@ class Store:
     def _write(self, config: Config) -> None:
         text = config_to_toml(config)
         parse_config_text(text)  # never write a file the proxy would reject
-        directory = self.path.resolve().parent
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+        # Replace the file a symlink points to, not the link: replacing the link would leave
+        # the real file stale (and rename across directories).
+        target = self.path.resolve()
+        directory = target.parent
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o600)  # the file holds password hashes
-            os.replace(tmp, self.path)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
