@@ -166,3 +166,16 @@ def test_create_refuses_to_overwrite(tmp_path: Path) -> None:
     assert store.load() == first
     store.create(Config(), overwrite=True)
     assert store.load().users == {}
+
+
+def test_a_symlinked_users_toml_stays_a_symlink(tmp_path: Path) -> None:
+    # e.g. /etc/gatewayctl/users.toml -> /srv/config/users.toml: write through to the target.
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "users.toml"
+    seeded(target, ["root"])
+    link = tmp_path / "users.toml"
+    link.symlink_to(target)
+    Store(link).update(lambda c: accounts.add_user(c, "alice"))
+    assert link.is_symlink()
+    assert "alice" in load_config(target).users
+    assert not [p.name for p in (tmp_path / "real").iterdir() if p.suffix == ".tmp"]
