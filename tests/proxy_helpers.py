@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ import httpx
 from gatewayctl.proxy.app import create_app
 
 from tests.conftest import DEFAULT_USERS, Running, write_config
-from tests.fakes import FakeOllama
+from tests.fakes import FakeOllama, Recorded
 from tests.servers import serve_in_thread
 
 T = TypeVar("T")
@@ -39,6 +40,12 @@ def fake_and_gateway(
             yield fake, Running(url, path, app.state.gateway)
 
 
+def proxied(fake: FakeOllama) -> list[Recorded]:
+    """The requests the gateway forwarded for its clients: everything but its own health checks
+    (the gateway probes each upstream's /api/version on its own)."""
+    return [r for r in fake.requests if r.path != "/api/version"]
+
+
 def chat_body(content: str = "Say hello to me", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
 
@@ -53,11 +60,17 @@ def sse_data(lines: Iterable[str]) -> list[Any]:
     return out
 
 
-def stream_chunks(client: httpx.Client, path: str, body: dict[str, Any]) -> list[Any]:
+def stream_chunks(client: httpx.Client, path: str, body: dict[str, Any]) -> Streamed:
     """POST a streaming request and return its decoded SSE payloads (status must be 200)."""
     with client.stream("POST", path, json=body) as response:
         assert response.status_code == 200, response.read()
-        return sse_data(response.iter_lines())
+        return Streamed(sse_data(response.iter_lines()), response.headers["x-request-id"])
+
+
+@dataclass
+class Streamed:
+    chunks: list[Any]
+    request_id: str
 
 
 def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -70,15 +83,19 @@ def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
     return dict(error)
 
 
-def ledger_rows(running: Running, user: str) -> list[dict[str, Any]]:
-    """The committed rows of the ledger's ``requests`` table for ``user``, oldest first."""
+def _requests_where(running: Running, column: str, value: str) -> list[dict[str, Any]]:
     conn = sqlite3.connect(f"file:{running.gateway.ledger.path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
-        rows = conn.execute("SELECT * FROM requests WHERE user = ? ORDER BY id", (user,))
+        rows = conn.execute(f"SELECT * FROM requests WHERE {column} = ? ORDER BY id", (value,))
         return [dict(row) for row in rows]
     finally:
         conn.close()
+
+
+def ledger_rows(running: Running, user: str) -> list[dict[str, Any]]:
+    """The committed rows of the ledger's ``requests`` table for ``user``, oldest first."""
+    return _requests_where(running, "user", user)
 
 
 def wait_for_rows(running: Running, user: str, count: int) -> list[dict[str, Any]]:
@@ -91,6 +108,18 @@ def wait_for_rows(running: Running, user: str, count: int) -> list[dict[str, Any
     found = wait_until(rows)
     assert len(found) == count, found
     return found
+
+
+def wait_for_request(running: Running, request_id: str) -> dict[str, Any]:
+    """The committed ledger row of one request (every response carries its x-request-id), for
+    tests sharing a gateway whose ledger holds other tests' rows too."""
+
+    def row() -> dict[str, Any] | None:
+        rows = _requests_where(running, "request_id", request_id)
+        assert len(rows) <= 1, rows
+        return rows[0] if rows else None
+
+    return wait_until(row)
 
 
 def wait_until(predicate: Callable[[], T | None], timeout: float = WAIT) -> T:

@@ -42,7 +42,8 @@ def test_new_limit_is_enforced_within_a_second(gw: Running, fake: tuple[FakeOlla
 
         def capped() -> bool:
             response = client.post("/v1/chat/completions", json=chat_body())
-            return response.json()["usage"]["completion_tokens"] == 3
+            completion: int = response.json()["usage"]["completion_tokens"]
+            return completion == 3
 
         wait_until(capped)
         elapsed = time.monotonic() - started

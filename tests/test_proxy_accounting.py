@@ -3,6 +3,7 @@ SQLite ledger, and that the totals (and the quotas they feed) survive a gateway 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,103 +15,126 @@ from tests.proxy_helpers import (
     EMBED_MODEL,
     MODEL,
     chat_body,
+    fake_and_gateway,
     openai_error,
     stream_chunks,
+    wait_for_request,
     wait_for_rows,
 )
+
+Served = tuple[FakeOllama, Running]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with fake_and_gateway(tmp_path_factory.mktemp("accounting")) as pair:
+        yield pair
+
+
+@pytest.fixture
+def served(shared: Served) -> Served:
+    """The module's fake and gateway; each test finds its row by its response's x-request-id."""
+    shared[0].reset()
+    return shared
 
 
 def _row_usage(row: dict[str, Any]) -> tuple[int, int, int]:
     return row["prompt_tokens"], row["completion_tokens"], row["estimated"]
 
 
-def test_non_streaming_chat_is_charged_the_engine_numbers(
-    gw: Running, fake: tuple[FakeOllama, str]
-) -> None:
+def test_non_streaming_chat_is_charged_the_engine_numbers(served: Served) -> None:
+    upstream, gw = served
     body = chat_body("What is the capital of France?", max_tokens=9)
     with gw.client() as client:
-        response = client.post("/v1/chat/completions", json=body, headers={"x-request-id": "r-1"})
+        response = client.post(
+            "/v1/chat/completions", json=body, headers={"x-request-id": "accounting-1"}
+        )
     assert response.status_code == 200
+    assert response.headers["x-request-id"] == "accounting-1"
     usage = response.json()["usage"]
-    assert usage["prompt_tokens"] == fake[0].prompt_tokens_for(body)
+    assert usage["prompt_tokens"] == upstream.prompt_tokens_for(body)
     assert usage["completion_tokens"] == 9
-    [row] = wait_for_rows(gw, "alice", 1)
+    row = wait_for_request(gw, "accounting-1")
     assert _row_usage(row) == (usage["prompt_tokens"], 9, 0)
-    assert (row["model"], row["endpoint"], row["status"], row["outcome"]) == (
+    assert (row["user"], row["model"], row["endpoint"], row["status"], row["outcome"]) == (
+        "alice",
         MODEL,
         "chat.completions",
         200,
         "ok",
     )
-    assert row["request_id"] == "r-1" == response.headers["x-request-id"]
     assert row["latency_ms"] > 0
-    assert gw.totals("alice") == (1, usage["prompt_tokens"], 9)
+    [sent] = upstream.requests_to("/v1/chat/completions")
+    assert sent.headers["x-request-id"] == "accounting-1"
 
 
-def test_streaming_chat_is_charged_from_the_usage_chunk(
-    gw: Running, fake: tuple[FakeOllama, str]
-) -> None:
+def test_streaming_chat_is_charged_from_the_usage_chunk(served: Served) -> None:
+    upstream, gw = served
     body = chat_body("Count to three", stream=True)
     with gw.client() as client:
-        stream_chunks(client, "/v1/chat/completions", body)
-    [row] = wait_for_rows(gw, "alice", 1)
-    assert _row_usage(row) == (fake[0].prompt_tokens_for(body), len(REPLY_TOKENS), 0)
+        streamed = stream_chunks(client, "/v1/chat/completions", body)
+    row = wait_for_request(gw, streamed.request_id)
+    assert _row_usage(row) == (upstream.prompt_tokens_for(body), len(REPLY_TOKENS), 0)
     assert row["outcome"] == "ok"
     assert row["ttft_ms"] is not None and row["ttft_ms"] <= row["latency_ms"]
 
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_llamacpp_stream_without_usage_is_counted_and_marked_estimated(
-    gw: Running, fake: tuple[FakeOllama, str], stream: bool
+    served: Served, stream: bool
 ) -> None:
-    fake[0].mode = "llamacpp"
+    upstream, gw = served
+    upstream.mode = "llamacpp"
     body = chat_body("Tell me something", stream=stream, max_tokens=11)
     with gw.client() as client:
         if stream:
-            chunks = stream_chunks(client, "/v1/chat/completions", body)
-            assert all("usage" not in c for c in chunks if c != "[DONE]")
+            streamed = stream_chunks(client, "/v1/chat/completions", body)
+            assert all("usage" not in c for c in streamed.chunks if c != "[DONE]")
+            request_id = streamed.request_id
         else:
-            assert client.post("/v1/chat/completions", json=body).status_code == 200
-    [row] = wait_for_rows(gw, "alice", 1)
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+    row = wait_for_request(gw, request_id)
     if stream:
         # The role-only first chunk llama.cpp sends is not a token.
         assert _row_usage(row) == (estimate_prompt_tokens(body), 11, 1)
     else:
-        assert _row_usage(row) == (fake[0].prompt_tokens_for(body), 11, 0)
+        assert _row_usage(row) == (upstream.prompt_tokens_for(body), 11, 0)
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
 def test_completions_stream_charges_the_final_usage_not_the_zeroed_ones(
-    gw: Running, fake: tuple[FakeOllama, str], include_usage: bool
+    served: Served, include_usage: bool
 ) -> None:
+    upstream, gw = served
     body: dict[str, Any] = {"model": MODEL, "prompt": "Once upon a time", "stream": True}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     with gw.client() as client:
-        chunks = stream_chunks(client, "/v1/completions", body)
-    events = [c for c in chunks if c != "[DONE]"]
+        streamed = stream_chunks(client, "/v1/completions", body)
+    events = [c for c in streamed.chunks if c != "[DONE]"]
     if include_usage:
         # Ollama's zeroed per-chunk usage reaches the client as sent, plus the real last one.
         assert events[-1]["choices"] == []
         assert events[-1]["usage"]["completion_tokens"] == len(REPLY_TOKENS)
     else:
         assert all(e["choices"] for e in events)
-    [row] = wait_for_rows(gw, "alice", 1)
-    assert _row_usage(row) == (fake[0].prompt_tokens_for(body), len(REPLY_TOKENS), 0)
+    row = wait_for_request(gw, streamed.request_id)
+    assert _row_usage(row) == (upstream.prompt_tokens_for(body), len(REPLY_TOKENS), 0)
     assert row["endpoint"] == "completions"
 
 
-def test_embeddings_are_charged_their_prompt_tokens(
-    gw: Running, fake: tuple[FakeOllama, str]
-) -> None:
+def test_embeddings_are_charged_their_prompt_tokens(served: Served) -> None:
+    upstream, gw = served
     body = {"model": EMBED_MODEL, "input": ["the first text", "and a second, longer one"]}
     with gw.client() as client:
         response = client.post("/v1/embeddings", json=body)
     assert response.status_code == 200
     assert len(response.json()["data"]) == 2
-    [row] = wait_for_rows(gw, "alice", 1)
+    row = wait_for_request(gw, response.headers["x-request-id"])
     assert _row_usage(row) == (response.json()["usage"]["prompt_tokens"], 0, 0)
-    assert row["prompt_tokens"] == fake[0].prompt_tokens_for(body) == 8
+    assert row["prompt_tokens"] == upstream.prompt_tokens_for(body) == 8
     assert row["endpoint"] == "embeddings"
 
 

@@ -19,6 +19,7 @@ from tests.proxy_helpers import (
     fake_and_gateway,
     ledger_rows,
     openai_error,
+    proxied,
     sse_data,
     wait_for_rows,
 )
@@ -62,7 +63,7 @@ def test_unknown_or_malformed_key_is_401(served: Served, authorization: str) -> 
     error = openai_error(response, 401)
     assert error["code"] == "invalid_api_key"
     assert error["type"] == "invalid_request_error"
-    assert fake.requests == [], "a refused request must not reach the engine"
+    assert proxied(fake) == [], "a refused request must not reach the engine"
 
 
 def test_suspended_user_is_403(fake: tuple[FakeOllama, str], start_gateway: StartGateway) -> None:
@@ -73,7 +74,7 @@ def test_suspended_user_is_403(fake: tuple[FakeOllama, str], start_gateway: Star
         response = client.post("/v1/chat/completions", json=chat_body())
     assert openai_error(response, 403)["type"] == "permission_error"
     assert response.headers["x-should-retry"] == "false"
-    assert fake[0].requests == []
+    assert proxied(fake[0]) == []
 
 
 def test_models_list_requires_a_key(served: Served) -> None:
@@ -92,9 +93,9 @@ def test_client_key_never_reaches_upstream_and_upstream_gets_its_own_host(
     # The fake answers 403 to a foreign Host, as Ollama does: 200 proves the Host was rewritten.
     assert chat.status_code == 200, chat.text
     assert models.status_code == 200, models.text
-    assert len(upstream.requests) == 2
+    assert len(proxied(upstream)) == 2
     upstream_host = gw.gateway.upstream.removeprefix("http://")
-    for recorded in upstream.requests:
+    for recorded in upstream.requests:  # health checks included: they carry no key either
         assert recorded.headers["host"] == upstream_host
         assert "authorization" not in recorded.headers
         assert "cookie" not in recorded.headers
@@ -136,7 +137,7 @@ def test_bad_chat_request_is_400(served: Served, content: bytes, param: str | No
     assert error["type"] == "invalid_request_error"
     if param is not None:
         assert error["param"] == param
-    assert fake.requests == []
+    assert proxied(fake) == []
 
 
 @pytest.mark.parametrize(
@@ -176,7 +177,7 @@ def test_oversized_body_is_413(fake: tuple[FakeOllama, str], start_gateway: Star
     with start_gateway(fake[1], max_body_bytes=1000) as gw, gw.client() as client:
         response = client.post("/v1/chat/completions", json=chat_body("word " * 500))
     assert openai_error(response, 413)["code"] == "request_too_large"
-    assert fake[0].requests == []
+    assert proxied(fake[0]) == []
 
 
 # --------------------------------------------------------------------------- upstream failures

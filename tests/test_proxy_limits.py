@@ -4,6 +4,7 @@ and the hard token quota (403), including ten concurrent streams racing for the 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,9 +18,12 @@ from tests.fakes import FakeOllama
 from tests.proxy_helpers import (
     WAIT,
     chat_body,
+    fake_and_gateway,
     openai_error,
+    proxied,
     sse_data,
     stream_chunks,
+    wait_for_request,
     wait_for_rows,
     wait_until,
 )
@@ -48,14 +52,7 @@ def test_third_immediate_request_is_429_with_openai_headers(
     assert third.headers["x-ratelimit-limit-requests"] == "2"
     assert third.headers["x-ratelimit-remaining-requests"] == "0"
     assert third.headers["x-ratelimit-reset-requests"].endswith(("ms", "s"))
-    assert len(fake[0].requests) == 2, "a rate-limited request must not reach the engine"
-
-
-def test_user_without_rps_is_not_limited_and_gets_no_rate_headers(gw: Running) -> None:
-    with gw.client() as client:
-        responses = [client.post("/v1/embeddings", json=_embedding()) for _ in range(5)]
-    assert [r.status_code for r in responses] == [200] * 5
-    assert "x-ratelimit-limit-requests" not in responses[0].headers
+    assert len(proxied(fake[0])) == 2, "a rate-limited request must not reach the engine"
 
 
 def test_rate_limiter_state_survives_a_config_reload(
@@ -78,6 +75,22 @@ def test_rate_limiter_state_survives_a_config_reload(
 
 # --------------------------------------------------------------------------- per-request cap
 
+Served = tuple[FakeOllama, Running]
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """alice has a per-request cap of 5 tokens, bob none."""
+    users: dict[str, dict[str, Any]] = {"alice": {"max_tokens": 5}, "bob": {}}
+    with fake_and_gateway(tmp_path_factory.mktemp("capped"), users) as pair:
+        yield pair
+
+
+@pytest.fixture
+def served(capped: Served) -> Served:
+    capped[0].reset()
+    return capped
+
 
 @pytest.mark.parametrize(
     ("asked", "forwarded"),
@@ -92,46 +105,46 @@ def test_rate_limiter_state_survives_a_config_reload(
 )
 @pytest.mark.parametrize("stream", [False, True])
 def test_user_max_tokens_caps_what_the_engine_is_asked(
-    fake: tuple[FakeOllama, str],
-    start_gateway: StartGateway,
-    asked: dict[str, int],
-    forwarded: int,
-    stream: bool,
+    served: Served, asked: dict[str, int], forwarded: int, stream: bool
 ) -> None:
-    with (
-        start_gateway(fake[1], users={"alice": {"max_tokens": 5}}) as gw,
-        gw.client() as client,
-    ):
-        body = chat_body(stream=stream, **asked)
+    upstream, gw = served
+    body = {**chat_body(stream=stream), **asked}
+    with gw.client() as client:
         if stream:
-            chunks = [c for c in _stream(client, body) if c != "[DONE]" and c["choices"]]
+            streamed = stream_chunks(client, "/v1/chat/completions", body)
+            chunks = [c for c in streamed.chunks if c != "[DONE]" and c["choices"]]
             produced = sum(1 for c in chunks if c["choices"][0]["delta"].get("content"))
+            request_id = streamed.request_id
         else:
             response = client.post("/v1/chat/completions", json=body)
             assert response.status_code == 200, response.text
             produced = response.json()["usage"]["completion_tokens"]
-        [sent] = fake[0].requests_to("/v1/chat/completions")
-        [row] = wait_for_rows(gw, "alice", 1)
+            request_id = response.headers["x-request-id"]
+    [sent] = upstream.requests_to("/v1/chat/completions")
     assert sent.body["max_tokens"] == forwarded
     assert "max_completion_tokens" not in sent.body
     assert produced == forwarded
-    assert row["completion_tokens"] == forwarded
+    assert wait_for_request(gw, request_id)["completion_tokens"] == forwarded
 
 
-def test_completions_and_users_without_cap(
-    fake: tuple[FakeOllama, str], start_gateway: StartGateway
-) -> None:
-    users: dict[str, dict[str, Any]] = {"alice": {"max_tokens": 5}, "bob": {}}
-    with start_gateway(fake[1], users=users) as gw:
-        with gw.client("alice") as alice:
-            prompt = {"model": "llama3.2", "prompt": "Once upon a time", "max_tokens": 50}
-            assert alice.post("/v1/completions", json=prompt).status_code == 200
-        with gw.client("bob") as bob:
-            assert bob.post("/v1/chat/completions", json=chat_body()).status_code == 200
-    [completion] = fake[0].requests_to("/v1/completions")
+def test_completions_and_users_without_cap(served: Served) -> None:
+    upstream, gw = served
+    with gw.client("alice") as alice:
+        prompt = {"model": "llama3.2", "prompt": "Once upon a time", "max_tokens": 50}
+        assert alice.post("/v1/completions", json=prompt).status_code == 200
+    with gw.client("bob") as bob:
+        assert bob.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    [completion] = upstream.requests_to("/v1/completions")
     assert completion.body["max_tokens"] == 5
-    [chat] = fake[0].requests_to("/v1/chat/completions")
+    [chat] = upstream.requests_to("/v1/chat/completions")
     assert "max_tokens" not in chat.body, "no limit anywhere: nothing is injected"
+
+
+def test_user_without_rps_is_not_limited_and_gets_no_rate_headers(served: Served) -> None:
+    with served[1].client("bob") as client:
+        responses = [client.post("/v1/embeddings", json=_embedding()) for _ in range(5)]
+    assert [r.status_code for r in responses] == [200] * 5
+    assert "x-ratelimit-limit-requests" not in responses[0].headers
 
 
 # --------------------------------------------------------------------------- quota
@@ -155,7 +168,7 @@ def test_exhausted_quota_is_403_insufficient_quota(
         assert error["code"] == "insufficient_quota"
         assert error["type"] == "insufficient_quota"
         assert response.headers["x-should-retry"] == "false"
-    assert len(fake[0].requests) == 1
+    assert len(proxied(fake[0])) == 1
 
 
 def test_zero_quota_refuses_everything(
@@ -164,7 +177,7 @@ def test_zero_quota_refuses_everything(
     with start_gateway(fake[1], users={"alice": {"quota": 0}}) as gw, gw.client() as client:
         response = client.post("/v1/chat/completions", json=chat_body(stream=True))
     assert openai_error(response, 403)["code"] == "insufficient_quota"
-    assert fake[0].requests == []
+    assert proxied(fake[0]) == []
 
 
 # A prompt whose estimate (by characters) is above the fake's count (words + 10), so that the
@@ -253,7 +266,7 @@ def _embedding() -> dict[str, Any]:
 
 
 def _stream(client: httpx.Client, body: dict[str, Any]) -> list[Any]:
-    return stream_chunks(client, "/v1/chat/completions", body)
+    return stream_chunks(client, "/v1/chat/completions", body).chunks
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:
