@@ -76,6 +76,7 @@ _INSERT_RESERVATION = (
     "INSERT INTO reservations (id, ts, user, model, endpoint, tokens, request_id)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_DELETE_RESERVATION = "DELETE FROM reservations WHERE id = ?"
 _BATCH = 1024
 log = logging.getLogger("gatewayctl.ledger")
 
@@ -203,7 +204,12 @@ class Ledger:
         done = asyncio.get_running_loop().create_future()
         row = (reservation, time.time(), user, model, endpoint, tokens, request_id)
         self._queue.put(("reserve", row, done))
-        await done
+        try:
+            await done
+        except asyncio.CancelledError:
+            # The request will not run: drop the row, or the next start would charge it in full.
+            self._queue.put(("unreserve", reservation, None))
+            raise
         return reservation
 
     def record(self, rec: UsageRecord, reservation: int | None = None) -> None:
@@ -248,6 +254,8 @@ class Ledger:
                             conn.execute(_INSERT_RESERVATION, payload)
                         elif kind == "record":
                             self._write_record(conn, payload, extra)
+                        elif kind == "unreserve":
+                            conn.execute(_DELETE_RESERVATION, (payload,))
                         else:
                             waiters.append(extra)
             except sqlite3.Error as exc:  # disk full, file removed: say so, keep serving
@@ -279,7 +287,7 @@ class Ledger:
         )
         conn.execute(_ADD_TOTALS, (rec.user, 1, rec.prompt_tokens, rec.completion_tokens))
         if reservation is not None:
-            conn.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
+            conn.execute(_DELETE_RESERVATION, (reservation,))
 
 
 def _resolve(waiter: asyncio.Future[None], error: Exception | None) -> None:
