@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -205,3 +206,25 @@ def test_read_totals_path_with_uri_characters(tmp_path: Path, directory: str) ->
     ledger.close()
     assert read_totals(path) == {"alice": Totals(1, 2, 3)}
     assert sorted(p.name for p in tmp_path.iterdir()) == [directory], "no stray file created"
+
+
+async def test_a_cancelled_reservation_is_not_charged_at_the_next_start(db: Path) -> None:
+    # A request cancelled while its reservation is being committed (client gone, shutdown)
+    # never runs: its reservation must not survive to be charged in full as 'interrupted'.
+    ledger = Ledger(db)
+    ledger.open()
+    task = asyncio.create_task(
+        ledger.reserve("alice", 500, model="m", endpoint="chat", request_id="gone")
+    )
+    await asyncio.sleep(0)  # the task queues its reservation and waits for the commit
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await ledger.flush()
+    assert rows(db, "SELECT COUNT(*) FROM reservations") == [(0,)]
+    ledger.close()
+    reopened = Ledger(db)
+    reopened.open()
+    reopened.close()
+    assert reopened.recovered == 0
+    assert reopened.totals("alice") == Totals()
