@@ -109,8 +109,9 @@ class SseScanner:
             end = match.end()
             event = data[start:end]
             start = end
-            if self._keep(event):
-                out.append(event)
+            kept = self._keep(event)
+            if kept:
+                out.append(kept)
         self._tail = data[start:]
         if len(out) == 1:
             return out[0]
@@ -121,7 +122,8 @@ class SseScanner:
         tail, self._tail = self._tail, b""
         return tail
 
-    def _keep(self, event: bytes) -> bool:
+    def _keep(self, event: bytes) -> bytes:
+        """The event as the client should get it (b"" to hide it)."""
         if b'"usage"' in event and not _NULL_USAGE.search(event):
             return self._usage_event(event)
         if _TOKEN.search(event):
@@ -130,15 +132,15 @@ class SseScanner:
             self.done = True
         elif b'"error"' in event:
             self.error = True
-        return True
+        return event
 
-    def _usage_event(self, event: bytes) -> bool:
+    def _usage_event(self, event: bytes) -> bytes:
         try:
             chunk = json.loads(_data_of(event))
         except ValueError:
-            return True
+            return event
         if not isinstance(chunk, dict):
-            return True
+            return event
         choices = chunk.get("choices")
         usage = _usage_from_object(chunk.get("usage"))
         # Ollama's /v1/completions puts a zeroed usage in every chunk; only the final,
@@ -148,8 +150,13 @@ class SseScanner:
         if choices:
             if _TOKEN.search(event):
                 self.counted_tokens += 1
-            return True
-        return not self.hide_usage_chunk
+            if self.hide_usage_chunk:
+                # The usage only our include_usage made the engine add to every chunk (Ollama's
+                # /v1/completions): a client that did not ask gets the chunk without it.
+                del chunk["usage"]
+                return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+            return event
+        return b"" if self.hide_usage_chunk else event
 
 
 class NdjsonScanner:
