@@ -154,7 +154,8 @@ class SseScanner:
                 # The usage only our include_usage made the engine add to every chunk (Ollama's
                 # /v1/completions): a client that did not ask gets the chunk without it.
                 del chunk["usage"]
-                return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+                end = event[len(event.rstrip(b"\r\n")) :]
+                return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + end
             return event
         return b"" if self.hide_usage_chunk else event
 

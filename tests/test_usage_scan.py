@@ -120,7 +120,11 @@ def test_sse_zeroed_usage_chunks_are_ignored() -> None:
     out = feed_all(scanner, [*chunks, final, sse("[DONE]")])
     assert scanner.usage == Usage(7, 2)
     assert scanner.counted_tokens == 2
-    assert out == b"".join(chunks) + sse("[DONE]"), "zeroed chunks carry text: never hidden"
+    # Zeroed chunks carry text: never hidden, but the usage the client did not ask for is cut.
+    stripped = [completion_chunk(t, (0, 0)) for t in ("a", "b")]
+    assert out == b"".join(sse({k: v for k, v in c.items() if k != "usage"}) for c in stripped) + (
+        sse("[DONE]")
+    )
     # A zeroed usage in a chunk with text must not replace a real count seen before it.
     scanner = SseScanner(hide_usage_chunk=False)
     feed_all(scanner, [sse(completion_chunk("a", (5, 1))), sse(completion_chunk("b", (0, 0)))])
@@ -137,7 +141,7 @@ def test_sse_last_usage_wins() -> None:
     out = feed_all(scanner, events)
     assert scanner.usage == Usage(4, 3)
     assert scanner.counted_tokens == 2
-    assert out == events[0] + events[1]
+    assert out == sse(chat_chunk("a")) + sse(chat_chunk("b")), "running counts cut too"
 
 
 def test_sse_error_event_and_unterminated_tail() -> None:
