@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import Running, StartGateway, key_of
 from tests.fakes import FakeOllama
-from tests.proxy_helpers import chat_body, openai_error, wait_for_rows, wait_until
+from tests.proxy_helpers import chat_body, openai_error, proxied, wait_for_rows, wait_until
 
 ALLOWED = ["llama3.2:*", "nomic-embed-text"]
 USERS: dict[str, dict[str, Any]] = {
@@ -150,7 +150,7 @@ def test_openai_request_for_another_model_is_403_model_not_allowed(
     assert "qwen2.5:0.5b" in error["message"]
     assert refused.headers["x-should-retry"] == "false"
     assert allowed.status_code == 200
-    assert [r.body["model"] for r in fake[0].requests] == ["llama3.2"]
+    assert [r.body["model"] for r in proxied(fake[0])] == ["llama3.2"]
     with pytest.raises(openai.PermissionDeniedError) as raised:
         openai_client(restricted).embeddings.create(model="qwen2.5:0.5b", input="x")
     assert raised.value.code == "model_not_allowed"
@@ -171,7 +171,7 @@ def test_ollama_request_for_another_model_is_403(
             call()
         assert raised.value.status_code == 403
         assert "is not available to 'alice'" in raised.value.error
-    assert fake[0].requests == []
+    assert proxied(fake[0]) == []
     assert client.embed(model="nomic-embed-text:latest", input="hi").embeddings
     assert client.show("llama3.2").details is not None
     # Refusals never reach the ledger; the one embedding does.

@@ -17,7 +17,7 @@ from gatewayctl.proxy.usage import estimate_prompt_tokens
 from tests.conftest import Running, StartGateway, key_of
 from tests.fakes import FakeOllama
 from tests.fakes.ollama import MID_STREAM_ERROR, REPLY_TEXT, REPLY_TOKENS, VERSION
-from tests.proxy_helpers import EMBED_MODEL, MODEL, WAIT, ledger_rows, wait_for_rows
+from tests.proxy_helpers import EMBED_MODEL, MODEL, WAIT, ledger_rows, proxied, wait_for_rows
 
 MESSAGES = [{"role": "user", "content": "Say hello to me"}]
 
@@ -284,7 +284,7 @@ def test_invalid_num_predict_is_an_ollama_shaped_400(gw: Running, upstream: Fake
         assert "num_predict" in message
         ollama_error(client.post("/api/generate", content=b"{not json"), 400)
         ollama_error(client.post("/api/embed", json={"input": "no model"}), 400)
-    assert upstream.requests == []
+    assert proxied(upstream) == []
 
 
 # --------------------------------------------------------------------------- refusals
@@ -310,7 +310,7 @@ def test_suspended_user_and_exhausted_quota_are_403(
                 list(client_for(gw, user).chat(model=MODEL, messages=MESSAGES, stream=True))
             assert raised.value.status_code == 403
             assert words in raised.value.error
-    assert fake[0].requests == []
+    assert proxied(fake[0]) == []
 
 
 def test_rate_limit_is_429_with_retry_after(
@@ -397,7 +397,7 @@ def test_model_management_is_403_for_users(
     assert response.status_code == 403
     if method != "HEAD":
         assert "admin" in ollama_error(response, 403)
-    assert upstream.requests == []
+    assert proxied(upstream) == []
 
 
 def test_user_pull_with_the_client_raises_403(gw: Running, upstream: FakeOllama) -> None:
@@ -407,5 +407,5 @@ def test_user_pull_with_the_client_raises_403(gw: Running, upstream: FakeOllama)
     with pytest.raises(ollama.ResponseError) as raised:
         client_for(gw).delete(MODEL)
     assert raised.value.status_code == 403
-    assert upstream.requests == [] and "tinyllama" not in upstream.models
+    assert proxied(upstream) == [] and "tinyllama" not in upstream.models
     assert ledger_rows(gw, "alice") == []
