@@ -139,3 +139,14 @@ def test_store_refuses_to_update_a_broken_file(gw: Running) -> None:
     with pytest.raises(ValueError, match="invalid TOML"):
         Store(gw.config_path).update(change)
     assert gw.config_path.read_text() == "[users.alice\n"
+
+
+def test_deleted_file_keeps_the_last_good_config_until_it_is_back(gw: Running) -> None:
+    good = gw.config_path.read_text()
+    gw.config_path.unlink()
+    error = wait_until(lambda: gw.gateway.config_error)
+    assert "no such file" in error
+    with gw.client() as client:
+        assert _embed(client).status_code == 200
+    gw.config_path.write_text(good)
+    wait_until(lambda: gw.gateway.config_error is None or None)

@@ -15,6 +15,7 @@ from tests.conftest import Running, StartGateway, key_of
 from tests.fakes import FakeOllama
 from tests.proxy_helpers import (
     MODEL,
+    WAIT,
     chat_body,
     fake_and_gateway,
     ledger_rows,
@@ -278,3 +279,22 @@ def test_upstream_stream_ending_early_is_charged_as_incomplete(
         0,
     )
     assert ledger_rows(gw, "root") == []
+
+
+def test_upstream_stalling_midstream_ends_stream_with_timeout_error(
+    fake: tuple[FakeOllama, str], start_gateway: StartGateway
+) -> None:
+    upstream, url = fake
+    upstream.token_delay = 1.5  # the headers come at once, then silence longer than read_timeout
+    with (
+        start_gateway(url, read_timeout=0.5) as gw,
+        gw.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as response,
+    ):
+        assert response.status_code == 200
+        chunks = sse_data(response.iter_lines())
+        [row] = wait_for_rows(gw, "alice", 1)
+    assert chunks[-1]["error"]["code"] == "upstream_timeout"
+    assert row["outcome"] == "upstream_error"
+    # The gateway gave up on the engine: it closed the connection, which stops the generation.
+    assert upstream.cancelled.wait(WAIT)
