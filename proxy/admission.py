@@ -42,6 +42,7 @@ def check_rate(gateway: Gateway, user: User) -> Headers:
     headers = rate_headers(decision)
     if not decision.allowed:
         wait = decision.retry_after
+        gateway.metrics.rejected(user.name, "rate_limit")
         raise RateLimited(
             f"Rate limit reached for {user.name}: {user.rps:g} requests per second "
             f"(burst {decision.limit}). Try again in {wait:.2f}s.",
@@ -88,6 +89,7 @@ async def admit(
                 f"This request needs about {prompt_estimate} prompt tokens plus its answer, "
                 f"but only {available} of your {user.quota} tokens are left."
             )
+        gateway.metrics.rejected(user.name, "quota")
         raise QuotaExhausted(message)
     if generates:
         per_choice = room // choices
@@ -131,5 +133,6 @@ def settle(gateway: Gateway, ticket: Ticket, outcome: Outcome) -> UsageRecord:
         request_id=ticket.request_id,
     )
     gateway.ledger.record(record, ticket.reservation)
+    gateway.metrics.settled(record)
     gateway.quotas.release(ticket.user.name, ticket.reserved)
     return record

@@ -17,10 +17,13 @@ from gatewayctl.proxy.model_endpoints import (
     guard_model_in_body,
     guard_model_in_path,
 )
+from gatewayctl.proxy.observe import Observer
 from gatewayctl.proxy.openai_api import plan_chat, plan_completion, plan_embedding
+from gatewayctl.proxy.ops import Healthz, MetricsEndpoint, Readyz
 from gatewayctl.webui.routes import webui_routes
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -66,6 +69,14 @@ def ollama_routes(gateway: Gateway) -> list[BaseRoute]:
     ]
 
 
+def ops_routes(gateway: Gateway) -> list[BaseRoute]:
+    return [
+        Route("/healthz", Healthz(), methods=["GET"]),
+        Route("/readyz", Readyz(gateway), methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(gateway), methods=["GET"]),
+    ]
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown routes and wrong methods answer in the dialect of their prefix, not in HTML."""
     assert isinstance(exc, HTTPException)
@@ -93,8 +104,14 @@ def create_app(config_path: Path, *, upstream: str | None = None) -> Starlette:
             await gateway.stop()
 
     app = Starlette(
-        routes=[*openai_routes(gateway), *ollama_routes(gateway), *webui_routes(gateway)],
+        routes=[
+            *openai_routes(gateway),
+            *ollama_routes(gateway),
+            *ops_routes(gateway),
+            *webui_routes(gateway),
+        ],
         lifespan=lifespan,
+        middleware=[Middleware(Observer, metrics=gateway.metrics)],
         exception_handlers={HTTPException: _http_error},
     )
     app.state.gateway = gateway

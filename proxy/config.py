@@ -166,9 +166,7 @@ def _parse_models(where: str, value: Any) -> tuple[str, ...]:
 
 def _url(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"{where}: must be a URL starting with http:// or https://, got {value!r}"
-        )
+        raise ConfigError(f"{where}: must start with http:// or https://, got {value!r}")
     return value.rstrip("/")
 
 

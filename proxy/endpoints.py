@@ -1,7 +1,9 @@
 """The request pipeline shared by every proxied route, in both dialects.
 
-    read body -> authenticate -> rate limit -> parse + plan (dialect specific) -> admit (cap,
-    quota) -> relay upstream -> settle usage in the ledger
+    read body -> authenticate -> rate limit -> parse + plan (dialect specific) -> enter the
+    scheduler (per-user concurrency) -> admit (model access, cap, quota) -> get an upstream
+    (queueing while all are busy) -> relay, on another upstream if the connection is refused
+    -> settle usage in the ledger -> release the slot
 
 Each route only supplies a *planner*: a function that validates the JSON body and says which
 model it uses, how big the prompt is, what completion limit the client asked for, and how to
@@ -12,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,16 +25,18 @@ from gatewayctl.proxy.asgi import (
     Receive,
     Scope,
     Send,
-    header,
     read_body,
     send_response,
 )
 from gatewayctl.proxy.auth import bearer_token, user_for_key
 from gatewayctl.proxy.config import User
 from gatewayctl.proxy.dialect import Dialect
-from gatewayctl.proxy.errors import BadRequest, GatewayError
+from gatewayctl.proxy.errors import BadRequest, GatewayError, ServerBusy, UpstreamConnectFailed
 from gatewayctl.proxy.forward import Outcome, Relay
 from gatewayctl.proxy.gateway import Gateway
+from gatewayctl.proxy.observe import CLIENT_CLOSED, request_info
+from gatewayctl.proxy.scheduler import Slot
+from gatewayctl.proxy.upstreams import Upstream
 
 log = logging.getLogger("gatewayctl")
 _FORWARDED = (b"content-type", b"accept", b"user-agent", b"x-request-id")
@@ -65,10 +67,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def request_id_of(scope: Scope) -> str:
-    given = header(scope, b"x-request-id")
-    if given and len(given) <= 128 and given.isascii():
-        return given.decode()
-    return uuid.uuid4().hex
+    """The client's x-request-id if it sent a sane one, else a new id; the same all along the
+    request (the access log and every response header use it)."""
+    return request_info(scope).request_id
 
 
 def upstream_headers(scope: Scope, request_id: str) -> dict[str, str]:
@@ -104,10 +105,59 @@ class _Endpoint:
     def _authenticate_key(self, scope: Scope) -> User:
         return user_for_key(self.gateway.users_by_key, bearer_token(scope))
 
-    def _url(self, scope: Scope, path: str | None = None) -> str:
+    @property
+    def native(self) -> bool:
+        """Ollama's own API, which only an Ollama upstream speaks."""
+        return self.dialect.name == "ollama"
+
+    def _url(self, scope: Scope, path: str | None = None, upstream: str | None = None) -> str:
         query = scope.get("query_string", b"")
-        url = self.gateway.upstream + (path or scope["path"])
+        base = upstream or self.gateway.pool.preferred(self.native).url
+        url = base + (path or scope["path"])
         return f"{url}?{query.decode('latin-1')}" if query else url
+
+    def _connect_failed(self, upstream: Upstream, error: GatewayError) -> None:
+        self.gateway.pool.mark_down(upstream, error.message)
+        self.gateway.metrics.connect_failures.labels(upstream.url).inc()
+
+    async def _relay(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        next_upstream: Callable[[], Awaitable[Upstream | None]],
+        content: bytes | None,
+        response_headers: Headers,
+        hide_usage_chunk: bool = False,
+    ) -> Outcome:
+        """Relay to ``upstream``; when it refuses the connection (so nothing reached the engine
+        or the client), mark it down and go on with ``next_upstream()``. Raises the last
+        connect error when there is none left."""
+        info = request_info(scope)
+        while True:
+            info.upstream = upstream.url
+            request = self.gateway.client.build_request(
+                scope["method"],
+                self._url(scope, upstream=upstream.url),
+                content=content,
+                headers=upstream_headers(scope, info.request_id),
+            )
+            relay = Relay(
+                self.gateway.client,
+                request,
+                self.dialect,
+                hide_usage_chunk=hide_usage_chunk,
+                response_headers=response_headers,
+            )
+            try:
+                return await relay.run(receive, send)
+            except UpstreamConnectFailed as error:
+                self._connect_failed(upstream, error)
+                following = await next_upstream()
+                if following is None:
+                    raise
+                upstream = following
 
 
 class ProxyEndpoint(_Endpoint):
@@ -127,56 +177,90 @@ class ProxyEndpoint(_Endpoint):
         self.name = name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        request_id = request_id_of(scope)
+        info = request_info(scope)
+        request_id = info.request_id
         gateway = self.gateway
         rate: Headers = []
+        slot: Slot | None = None
         try:
-            body = await read_body(receive, gateway.config.server.max_body_bytes)
-            user = self._authenticate(scope)
-            rate = check_rate(gateway, user)
-            plan = self.planner(parse_json_object(body))
-            ticket = await admit(
-                gateway,
-                user,
-                model=plan.model,
-                endpoint=self.name,
-                request_id=request_id,
-                started=started,
-                prompt_estimate=plan.prompt_estimate,
-                requested_limit=plan.requested_limit,
-                choices=plan.choices,
-                generates=plan.generates,
+            try:
+                body = await read_body(receive, gateway.config.server.max_body_bytes)
+                user = self._authenticate(scope)
+                info.user = user.name
+                rate = check_rate(gateway, user)
+                plan = self.planner(parse_json_object(body))
+                info.model = plan.model
+                slot = gateway.scheduler.enter(user)
+                ticket = await admit(
+                    gateway,
+                    user,
+                    model=plan.model,
+                    endpoint=self.name,
+                    request_id=request_id,
+                    started=info.started,
+                    prompt_estimate=plan.prompt_estimate,
+                    requested_limit=plan.requested_limit,
+                    choices=plan.choices,
+                    generates=plan.generates,
+                )
+            except GatewayError as error:
+                await self._error(send, error, request_id, rate)
+                return
+            except ClientGone:
+                return
+            outcome = Outcome()
+            try:
+                content = json.dumps(plan.write_body(ticket.completion_limit)).encode()
+                outcome = await self._forward(scope, receive, send, slot, plan, content, rate)
+            finally:
+                info.settled(settle(gateway, ticket, outcome))
+        finally:
+            if slot is not None:
+                slot.release()  # whatever happened above, and only once
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        slot: Slot,
+        plan: Plan,
+        content: bytes,
+        rate: Headers,
+    ) -> Outcome:
+        """Get an upstream (waiting in the queue while all are busy) and relay to it."""
+        scheduler = self.gateway.scheduler
+        info = request_info(scope)
+        outcome = Outcome()
+
+        async def next_upstream() -> Upstream | None:
+            return slot.upstream if await scheduler.failover(slot, receive) else None
+
+        try:
+            await scheduler.assign(slot, plan.model, self.native, receive)
+            assert slot.upstream is not None
+            return await self._relay(
+                scope,
+                receive,
+                send,
+                slot.upstream,
+                next_upstream,
+                content,
+                [(b"x-request-id", info.request_id.encode()), *rate],
+                plan.hide_usage_chunk,
             )
         except GatewayError as error:
-            await self._error(send, error, request_id, rate)
-            return
-        except ClientGone:
-            return
-        outcome = Outcome()
-        try:
-            upstream_body = json.dumps(plan.write_body(ticket.completion_limit)).encode()
-            request = gateway.client.build_request(
-                "POST",
-                self._url(scope),
-                content=upstream_body,
-                headers=upstream_headers(scope, request_id),
+            outcome.status = error.status
+            outcome.outcome = (
+                "server_busy" if isinstance(error, ServerBusy) else "upstream_unreachable"
             )
-            relay = Relay(
-                gateway.client,
-                request,
-                self.dialect,
-                hide_usage_chunk=plan.hide_usage_chunk,
-                response_headers=[(b"x-request-id", request_id.encode()), *rate],
-            )
-            try:
-                outcome = await relay.run(receive, send)
-            except GatewayError as error:
-                outcome.status = error.status
-                outcome.outcome = "upstream_unreachable"
-                await self._error(send, error, request_id, rate)
+            await self._error(send, error, info.request_id, rate)
+        except ClientGone:  # left while queued
+            outcome.status, outcome.outcome = CLIENT_CLOSED, "client_disconnect"
         finally:
-            settle(gateway, ticket, outcome)
+            if slot.waited is not None:
+                info.queued_ms = slot.waited * 1000
+        return outcome
 
 
 Guard = Callable[[User, Scope, bytes], None]  # raises GatewayError to refuse the request
@@ -191,27 +275,44 @@ class PassthroughEndpoint(_Endpoint):
         self._guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = request_id_of(scope)
+        info = request_info(scope)
         try:
             body = await read_body(receive, self.gateway.config.server.max_body_bytes)
             user = self._authenticate(scope)
+            info.user = user.name
             if self._guard is not None:
                 self._guard(user, scope, body)
-            request = self.gateway.client.build_request(
-                scope["method"],
-                self._url(scope),
-                content=body or None,
-                headers=upstream_headers(scope, request_id),
+            info.model = _named_model(scope, body)
+            candidates = iter(self.gateway.pool.pick(info.model, self.native))
+
+            async def next_upstream() -> Upstream | None:
+                return next(candidates, None)
+
+            first = await next_upstream()
+            assert first is not None  # pick() raises rather than return nothing
+            await self._relay(
+                scope,
+                receive,
+                send,
+                first,
+                next_upstream,
+                body or None,
+                [(b"x-request-id", info.request_id.encode())],
             )
-            relay = Relay(
-                self.gateway.client,
-                request,
-                self.dialect,
-                hide_usage_chunk=False,
-                response_headers=[(b"x-request-id", request_id.encode())],
-            )
-            await relay.run(receive, send)
         except GatewayError as error:
-            await self._error(send, error, request_id)
+            await self._error(send, error, info.request_id)
         except ClientGone:
             return
+
+
+def _named_model(scope: Scope, body: bytes) -> str | None:
+    """The model a read names, in its path (/v1/models/{model}) or body (/api/show)."""
+    model = scope.get("path_params", {}).get("model")
+    if model is None and body:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if isinstance(payload, dict):
+            model = payload.get("model") or payload.get("name")
+    return model if isinstance(model, str) and model else None

@@ -1,4 +1,5 @@
-"""The gateway's process state: current config, upstream client, ledger, limiter, quotas.
+"""The gateway's process state: current config, upstream client and pool, scheduler, ledger,
+limiter, quotas, metrics.
 
 One ``Gateway`` is made by the app factory and lives for the life of the app; nothing in the
 proxy is module-level state. ``start`` and ``stop`` are run by the ASGI lifespan.
@@ -12,11 +13,21 @@ import logging
 from pathlib import Path
 
 import httpx
-from gatewayctl.proxy.config import Config, ConfigError, User, ledger_path, load_config
+from gatewayctl.proxy.config import (
+    Config,
+    ConfigError,
+    UpstreamSettings,
+    User,
+    ledger_path,
+    load_config,
+)
 from gatewayctl.proxy.ledger import Ledger
 from gatewayctl.proxy.limits import QuotaBook, RateLimiter
+from gatewayctl.proxy.metrics import Metrics
 from gatewayctl.proxy.reload import watch_file
+from gatewayctl.proxy.scheduler import Scheduler
 from gatewayctl.proxy.upstream import make_upstream_client
+from gatewayctl.proxy.upstreams import UpstreamPool
 
 log = logging.getLogger("gatewayctl")
 
@@ -33,13 +44,25 @@ class Gateway:
         self.ledger = Ledger(ledger_path(self.config, config_path))
         self.limiter = RateLimiter()
         self.quotas = QuotaBook(self.ledger)
+        self.metrics = Metrics()
+        self.pool = UpstreamPool(self._upstreams(self.config), self.config.server)
+        self.scheduler = Scheduler(self.pool, self.metrics, self.config.server)
+        self.metrics.add_gauges(self.pool.gauges)
+        self.metrics.add_gauges(self.scheduler.gauges)
         self._client: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stop_watching = asyncio.Event()
 
+    def _upstreams(self, config: Config) -> tuple[UpstreamSettings, ...]:
+        # `serve --upstream URL` replaces whatever users.toml lists.
+        if self._upstream_override:
+            return (UpstreamSettings(url=self._upstream_override),)
+        return config.effective_upstreams()
+
     @property
     def upstream(self) -> str:
-        return self._upstream_override or self.config.server.upstream
+        """The first configured upstream (see ``pool`` for all of them)."""
+        return self.pool.upstreams[0].url
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -54,6 +77,7 @@ class Gateway:
                 self.ledger.recovered,
             )
         self._client = make_upstream_client(self.config.server)
+        await self.pool.start()
         self._stop_watching.clear()
         self._watcher = asyncio.create_task(
             watch_file(self.config_path.resolve(), self.reload, self._stop_watching)
@@ -65,6 +89,7 @@ class Gateway:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        await self.pool.stop()
         if self._client is not None:
             await self._client.aclose()
         await asyncio.to_thread(self.ledger.close)
@@ -77,10 +102,12 @@ class Gateway:
             if str(exc) != self.config_error:
                 log.error("users.toml rejected, still serving the last good config: %s", exc)
             self.config_error = str(exc)
+            self.metrics.reload_failures.inc()
         else:
             self.apply(config)
             self.config_error = None
             self.reloads += 1
+            self.metrics.reloads.inc()
             log.info("users.toml reloaded: %d users", len(config.users))
 
     def apply(self, config: Config) -> None:
@@ -88,3 +115,5 @@ class Gateway:
         self.config = config
         self.users_by_key = config.by_key_hash()
         self.limiter.forget(removed)
+        self.pool.configure(self._upstreams(config), config.server)
+        self.scheduler.configure(config.server)

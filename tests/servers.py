@@ -40,11 +40,11 @@ def free_port() -> int:
         return port
 
 
-def _bound_socket() -> socket.socket:
+def _bound_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
+        sock.bind((HOST, port))
         sock.set_inheritable(True)
     except BaseException:
         sock.close()
@@ -76,8 +76,10 @@ class _ThreadedServer(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, **uvicorn_kwargs: Any) -> Iterator[str]:
+def serve_in_thread(app: Any, port: int = 0, **uvicorn_kwargs: Any) -> Iterator[str]:
     """Serve ``app`` on a free 127.0.0.1 port in a background thread; yield its base URL.
+
+    ``port`` asks for that port instead (to restart a server where a client expects it).
 
     ``uvicorn_kwargs`` are passed to :class:`uvicorn.Config` and override the defaults
     (``log_level="warning"``, ``lifespan="on"``, ``timeout_graceful_shutdown=3``). ``host`` and
@@ -86,8 +88,8 @@ def serve_in_thread(app: Any, **uvicorn_kwargs: Any) -> Iterator[str]:
     Raises ``RuntimeError`` if the server has not started within 10 s (or failed to start), and,
     when the ``with`` body itself raised nothing, if it does not stop within 10 s of the exit.
     """
-    sock = _bound_socket()
-    port: int = sock.getsockname()[1]
+    sock = _bound_socket(port)
+    port = sock.getsockname()[1]
     options: dict[str, Any] = {
         "log_level": "warning",
         "lifespan": "on",

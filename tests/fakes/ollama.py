@@ -362,7 +362,9 @@ class FakeOllama:
 
     Observations (thread-safe):
 
-    ``requests`` (every request, including 403/404 ones), ``streams_started``,
+    ``requests`` (every request, including 403/404 ones, but not the gateway's background
+    health probes, recognised by their ``User-Agent: gatewayctl-health``: those only count in
+    ``health_probes``), ``streams_started``,
     ``streams_finished`` (the generator sent everything it meant to, including a deliberate
     mid-stream error line), ``streams_cancelled`` (the client went away first), ``cancelled`` /
     ``first_token_sent`` / ``finished`` (``threading.Event``), :meth:`tokens_sent`.
@@ -395,6 +397,7 @@ class FakeOllama:
         self._streams_finished = 0
         self._streams_cancelled = 0
         self._tokens_sent = 0
+        self._health_probes = 0
         self._ids = itertools.count(1)
         self.app: Starlette = self._build_app()
 
@@ -414,6 +417,12 @@ class FakeOllama:
     def streams_cancelled(self) -> int:
         with self._lock:
             return self._streams_cancelled
+
+    @property
+    def health_probes(self) -> int:
+        """Health probes received from a gateway (not in ``requests``)."""
+        with self._lock:
+            return self._health_probes
 
     def tokens_sent(self) -> int:
         """Content tokens handed to the server so far, across all streams."""
@@ -509,7 +518,11 @@ class FakeOllama:
 
     def _record(self, recorded: Recorded) -> None:
         with self._lock:
-            self.requests.append(recorded)
+            # Background probes would otherwise show up in tests checking what reached the engine.
+            if recorded.headers.get("user-agent", "").startswith("gatewayctl-health"):
+                self._health_probes += 1
+            else:
+                self.requests.append(recorded)
 
     def _next_id(self) -> int:
         with self._lock:
