@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -166,9 +168,11 @@ class Ledger:
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
+        self._lock_fd: int | None = None
         self.recovered = 0
 
     def open(self) -> None:
+        self._hold_exclusive()
         conn = connect(self.path)
         with conn:
             conn.executescript(SCHEMA)
@@ -189,6 +193,22 @@ class Ledger:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _hold_exclusive(self) -> None:
+        """One gateway per ledger: a second would count in-flight reservations of the first as
+        interrupted, and the two would keep separate quota totals in memory."""
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerError(
+                f"{self.path} is in use by another running gateway (one gateway per ledger)"
+            ) from None
+        self._lock_fd = fd
 
     def totals(self, user: str) -> Totals:
         return self._totals.get(user) or Totals()

@@ -228,3 +228,16 @@ async def test_a_cancelled_reservation_is_not_charged_at_the_next_start(db: Path
     reopened.close()
     assert reopened.recovered == 0
     assert reopened.totals("alice") == Totals()
+
+
+def test_a_second_gateway_cannot_open_a_ledger_in_use(db: Path) -> None:
+    first = Ledger(db)
+    first.open()
+    try:
+        with pytest.raises(LedgerError, match="in use by another running gateway"):
+            Ledger(db).open()
+    finally:
+        first.close()
+    again = Ledger(db)  # released on close
+    again.open()
+    again.close()
