@@ -93,7 +93,12 @@ class _Endpoint:
         self.gateway = gateway
         self.dialect = dialect
         # API keys by default; the web UI passes its session check instead.
-        self._authenticate = authenticate or self._authenticate_key
+        self._check = authenticate or self._authenticate_key
+
+    def _authenticate(self, scope: Scope) -> User:
+        user = self._check(scope)
+        request_info(scope).user = user.name  # for the access log and metrics
+        return user
 
     async def _error(
         self, send: Send, error: GatewayError, request_id: str, extra: Headers | None = None
@@ -186,7 +191,6 @@ class ProxyEndpoint(_Endpoint):
             try:
                 body = await read_body(receive, gateway.config.server.max_body_bytes)
                 user = self._authenticate(scope)
-                info.user = user.name
                 rate = check_rate(gateway, user)
                 plan = self.planner(parse_json_object(body))
                 info.model = plan.model
@@ -279,7 +283,6 @@ class PassthroughEndpoint(_Endpoint):
         try:
             body = await read_body(receive, self.gateway.config.server.max_body_bytes)
             user = self._authenticate(scope)
-            info.user = user.name
             if self._guard is not None:
                 self._guard(user, scope, body)
             info.model = _named_model(scope, body)

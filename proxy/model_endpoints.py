@@ -1,7 +1,7 @@
 """Routes about models rather than generation; none of them is token-accounted.
 
-- ``ModelListEndpoint``: ``/v1/models``, ``/api/tags``, ``/api/ps``, the upstream's list
-  filtered to the models the caller may use.
+- ``ModelListEndpoint``: ``/v1/models``, ``/api/tags``, ``/api/ps``, the upstreams' lists
+  merged, filtered to the models the caller may use.
 - guards for ``PassthroughEndpoint``: one model's details (``/v1/models/{model}``,
   ``/api/show``) only for a model the caller may use.
 - ``ManagementEndpoint``: Ollama's model management (pull, push, create, copy, delete, blobs),
@@ -31,9 +31,10 @@ from gatewayctl.proxy.asgi import (
 from gatewayctl.proxy.auth import require_admin
 from gatewayctl.proxy.config import User
 from gatewayctl.proxy.endpoints import _Endpoint, parse_json_object, request_id_of, upstream_headers
-from gatewayctl.proxy.errors import GatewayError, NotFound
+from gatewayctl.proxy.errors import GatewayError, NotFound, UpstreamConnectFailed
 from gatewayctl.proxy.forward import Relay, upstream_error
 from gatewayctl.proxy.models import ensure_model_allowed, filter_model_list, model_allowed
+from gatewayctl.proxy.upstreams import Upstream, merge_model_lists
 
 
 def guard_model_in_path(user: User, scope: Scope, _body: bytes) -> None:
@@ -80,14 +81,38 @@ class ModelListEndpoint(_Endpoint):
         await send_response(send, response.status_code, body, headers, content_type)
 
     async def _fetch(self, scope: Scope, request_id: str) -> httpx.Response:
+        """The list of every upstream that answers, merged (a model served by two is listed
+        once, an upstream lists only the models it is configured to serve)."""
+        upstreams = self.gateway.pool.pick(None, self.native)
+        answers = await asyncio.gather(*(self._get(scope, u, request_id) for u in upstreams))
+        answered = [
+            (u, a) for u, a in zip(upstreams, answers, strict=True) if isinstance(a, httpx.Response)
+        ]
+        if not answered:
+            error = answers[0]
+            assert isinstance(error, GatewayError)
+            raise error
+        if len(upstreams) == 1 and not upstreams[0].settings.models:
+            return answered[0][1]  # as the engine said it
+        merged = merge_model_lists([(u, a.content) for u, a in answered if a.status_code == 200])
+        return answered[0][1] if merged is None else httpx.Response(200, json=merged)
+
+    async def _get(
+        self, scope: Scope, upstream: Upstream, request_id: str
+    ) -> httpx.Response | GatewayError:
         client = self.gateway.client
         request = client.build_request(
-            "GET", self._url(scope), headers=upstream_headers(scope, request_id)
+            "GET",
+            self._url(scope, upstream=upstream.url),
+            headers=upstream_headers(scope, request_id),
         )
         try:
             return await client.send(request)
         except httpx.HTTPError as exc:
-            raise upstream_error(exc, self.gateway.upstream) from None
+            error = upstream_error(exc, upstream.url)
+            if isinstance(error, UpstreamConnectFailed):
+                self._connect_failed(upstream, error)
+            return error
 
 
 class _StreamedBody:
