@@ -40,6 +40,11 @@ apt_install() {
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "gatewayctl needs Python 3.11 or newer: set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+
 # --- system packages ------------------------------------------------------------------------
 # llama.cpp is C++: Debian's gcc package alone has no g++.
 command -v c++ >/dev/null || apt_install g++
