@@ -98,6 +98,10 @@ class Gateway:
         """Re-read users.toml; a bad file is reported once and the last good config stays."""
         try:
             config = load_config(self.config_path)
+            if self.config.users and not config.users:
+                # What a non-atomic write (`> users.toml`, some editors) looks like half-way:
+                # applying it would lock every user out and forget every rate-limit bucket.
+                raise ConfigError(f"{self.config_path}: no users at all (a half-written file?)")
         except ConfigError as exc:
             if str(exc) != self.config_error:
                 log.error("users.toml rejected, still serving the last good config: %s", exc)
