@@ -151,7 +151,9 @@ def serve(
 def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Validate users.toml; exits 1 with the offending line or field."""
     loaded = load_config(config)
-    typer.echo(f"{config}: ok ({len(loaded.users)} users, upstream {loaded.server.upstream})")
+    urls = [u.url for u in loaded.effective_upstreams()]
+    where = f"upstream {urls[0]}" if len(urls) == 1 else f"upstreams {', '.join(urls)}"
+    typer.echo(f"{config}: ok ({len(loaded.users)} users, {where})")
 
 
 @app.command("usage")

@@ -33,6 +33,12 @@ QuotaOption = Annotated[
 MaxTokensOption = Annotated[
     str | None, typer.Option("--max-tokens", help="Cap on max_tokens of each request.")
 ]
+ConcurrencyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--concurrency", help="Requests in flight at once, queued ones included (or 'none')."
+    ),
+]
 ModelsOption = Annotated[
     str | None,
     typer.Option(
@@ -49,9 +55,14 @@ def _limits(
     quota: str | None,
     max_tokens: str | None,
     models: str | None = None,
+    concurrency: str | None = None,
 ) -> dict[str, Any]:
     limits = limit_changes(
-        rps=(rps, float), burst=(burst, int), quota=(quota, int), max_tokens=(max_tokens, int)
+        rps=(rps, float),
+        burst=(burst, int),
+        quota=(quota, int),
+        max_tokens=(max_tokens, int),
+        concurrency=(concurrency, int),
     )
     if models is not None:
         limits["models"] = parse_patterns(models)
@@ -83,13 +94,16 @@ def user_list(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False
     if as_json:
         print_json(users)
         return
-    columns = ["user", "role", "status", "rps", "burst", "quota", "max_tokens", "models"]
+    columns = [
+        *("user", "role", "status", "rps", "burst", "quota", "max_tokens", "concurrency"),
+        "models",
+    ]
     rows = [
         [
             u["user"],
             u["role"],
             "suspended" if u["suspended"] else "active",
-            *(_fmt(u[k]) for k in ("rps", "burst", "quota", "max_tokens")),
+            *(_fmt(u[k]) for k in ("rps", "burst", "quota", "max_tokens", "concurrency")),
             "all" if u["models"] is None else _fmt(u["models"]),
         ]
         for u in users
@@ -124,13 +138,14 @@ def user_add(
     quota: QuotaOption = None,
     max_tokens: MaxTokensOption = None,
     models: ModelsOption = None,
+    concurrency: ConcurrencyOption = None,
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Add a user and print their new API key (shown this once)."""
     if role not in ("user", "admin"):
         raise accounts.AccountError(f"--role must be 'user' or 'admin', got {role!r}")
     chosen: Role = "admin" if role == "admin" else "user"
-    limits = _limits(rps, burst, quota, max_tokens, models)
+    limits = _limits(rps, burst, quota, max_tokens, models, concurrency)
     key = Store(config).update(
         lambda c: accounts.add_user(c, name, role=chosen, password=password, limits=limits)
     )
@@ -147,14 +162,16 @@ def user_set_limit(
     quota: QuotaOption = None,
     max_tokens: MaxTokensOption = None,
     models: ModelsOption = None,
+    concurrency: ConcurrencyOption = None,
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Change limits or allowed models; 'none' lifts one. The running gateway applies it within
     a second."""
-    limits = _limits(rps, burst, quota, max_tokens, models)
+    limits = _limits(rps, burst, quota, max_tokens, models, concurrency)
     if not limits:
         raise accounts.AccountError(
-            "nothing to change: give --rps, --burst, --quota, --max-tokens or --models"
+            "nothing to change: give --rps, --burst, --quota, --max-tokens, --concurrency or "
+            "--models"
         )
     user = Store(config).update(lambda c: accounts.set_limits(c, name, limits))
     changes = ", ".join(f"{k}={_fmt(getattr(user, k))}" for k in limits)

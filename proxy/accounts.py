@@ -15,7 +15,7 @@ from gatewayctl.proxy.credentials import hash_api_key, hash_password, new_api_ke
 from gatewayctl.proxy.ledger import Totals
 from gatewayctl.proxy.models import parse_patterns
 
-LIMIT_FIELDS = ("rps", "burst", "quota", "max_tokens", "models")
+LIMIT_FIELDS = ("rps", "burst", "quota", "max_tokens", "concurrency", "models")
 
 
 class AccountError(ConfigError):
@@ -114,6 +114,7 @@ def user_view(user: User) -> dict[str, Any]:
         "burst": user.burst,
         "quota": user.quota,
         "max_tokens": user.max_tokens,
+        "concurrency": user.concurrency,
         "models": None if user.models is None else list(user.models),
         "has_password": user.password_hash is not None,
         "has_key": user.key_hash is not None,
