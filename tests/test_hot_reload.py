@@ -3,8 +3,10 @@ Store are enforced within a second, and a broken file never replaces the last go
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +34,14 @@ def _poll_status(
 
 def _embed(client: httpx.Client) -> httpx.Response:
     return client.post("/v1/embeddings", json=EMBED)
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace the file at once, as the store does: a plain write_text truncates first, and the
+    watcher could see the empty file in between (itself rejected, as a half-written file)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def test_new_limit_is_enforced_within_a_second(gw: Running, fake: tuple[FakeOllama, str]) -> None:
@@ -105,7 +115,7 @@ def test_broken_file_keeps_the_last_good_config(
     assert "[users.alice]\n" in good
     before = gw.gateway.config
     reloads = gw.gateway.reloads
-    gw.config_path.write_text(break_it(good))
+    _write(gw.config_path, break_it(good))
     error = wait_until(lambda: gw.gateway.config_error)
     assert reason in error
     assert str(gw.config_path) in error
@@ -117,14 +127,14 @@ def test_broken_file_keeps_the_last_good_config(
     assert len(rejected) == 1 and rejected[0].levelname == "ERROR"
 
     # Fixing the file (by hand: the store refuses to read a broken one) clears the error.
-    gw.config_path.write_text(good.replace("[users.alice]\n", "[users.alice]\nmax_tokens = 2\n"))
+    _write(gw.config_path, good.replace("[users.alice]\n", "[users.alice]\nmax_tokens = 2\n"))
     wait_until(lambda: gw.gateway.config_error is None or None)
     assert gw.gateway.config.users["alice"].max_tokens == 2
     assert gw.gateway.reloads > reloads
 
 
 def test_store_refuses_to_update_a_broken_file(gw: Running) -> None:
-    gw.config_path.write_text("[users.alice\n")
+    _write(gw.config_path, "[users.alice\n")
     wait_until(lambda: gw.gateway.config_error)
 
     def change(config: Config) -> tuple[Config, Any]:
@@ -142,5 +152,5 @@ def test_deleted_file_keeps_the_last_good_config_until_it_is_back(gw: Running) -
     assert "no such file" in error
     with gw.client() as client:
         assert _embed(client).status_code == 200
-    gw.config_path.write_text(good)
+    _write(gw.config_path, good)
     wait_until(lambda: gw.gateway.config_error is None or None)
