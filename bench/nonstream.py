@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import Env
+from bench.procs import usage_of
 from bench.wrk import run_wrk, write_script, wrk_path
 
 BODY = json.dumps(
@@ -29,9 +30,11 @@ def run(env: Env, *, seconds: float, concurrencies: tuple[int, ...]) -> dict[str
     for connections in concurrencies:
         row: dict[str, Any] = {}
         for name, target in env.targets.items():
+            before = usage_of(target.pid)
             result = run_wrk(
                 binary, target.url + PATH, scripts[name], connections=connections, seconds=seconds
             )
+            cpu = usage_of(target.pid).cpu_seconds - before.cpu_seconds
             if result.requests == 0 or result.non2xx + result.errors > result.requests // 100:
                 raise RuntimeError(
                     f"{name} at c={connections}: {result.non2xx} non-2xx answers and "
@@ -39,6 +42,8 @@ def run(env: Env, *, seconds: float, concurrencies: tuple[int, ...]) -> dict[str
                     f"(see {env.workdir}/logs)"
                 )
             row[name] = result.as_dict()
+            if name != "nginx":  # its workers are other processes than the one we started
+                row[name]["cpu_us_per_request"] = cpu * 1e6 / result.requests
         by_concurrency[str(connections)] = row
     result: dict[str, Any] = {"seconds": seconds, "concurrency": by_concurrency}
     if "1" in by_concurrency:

@@ -18,11 +18,13 @@ def _fmt(value: float | None, kind: str) -> str:
         return f"{value:.0f} MB"
     if kind == "pct":
         return f"{value:.0f} %"
+    if kind == "us":
+        return f"{value:.0f} µs"
     return f"{value:.2f} ms"
 
 
 def _ratio(row: dict[str, float], over: str, kind: str) -> str:
-    if "gateway" not in row or not row.get(over) or kind not in ("int", "ms"):
+    if "gateway" not in row or not row.get(over) or kind not in ("int", "ms", "us"):
         return ""
     return f"{row['gateway'] / row[over]:.2f}x"
 
@@ -39,6 +41,12 @@ def _rows(results: dict[str, Any]) -> list[Row]:
             rows.append((f"non-stream c={conc}: req/s", pick("rps"), "int"))
             rows.append((f"non-stream c={conc}: p50", pick("p50_ms"), "ms"))
             rows.append((f"non-stream c={conc}: p99", pick("p99_ms"), "ms"))
+            cpu = {
+                n: f["cpu_us_per_request"]
+                for n, f in by_target.items()
+                if "cpu_us_per_request" in f
+            }
+            rows.append((f"non-stream c={conc}: CPU per request", cpu, "us"))
         if "added_ms" in nonstream:
             added = nonstream["added_ms"]
             rows.append(("added latency c=1: p50", {"gateway": added["p50"]}, "ms"))
@@ -111,6 +119,12 @@ _CHECKS: list[Check] = [
         ),
         ">=",
         0.75,
+    ),
+    (
+        "non-stream c=32 capacity of one core, from CPU per request (req/s)",
+        lambda r: 1e6 / r["nonstream"]["concurrency"]["32"]["gateway"]["cpu_us_per_request"],
+        ">=",
+        3000,
     ),
     ("added p50 c=1 (ms)", lambda r: r["nonstream"]["added_ms"]["p50"], "<=", 0.5),
     ("added p99 c=1 (ms)", lambda r: r["nonstream"]["added_ms"]["p99"], "<=", 2.0),
