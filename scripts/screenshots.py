@@ -16,6 +16,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,23 +32,13 @@ from gatewayctl.proxy.app import create_app  # noqa: E402
 from gatewayctl.proxy.config import ledger_path, load_config  # noqa: E402
 from gatewayctl.proxy.demo import DEMO_USERS  # noqa: E402
 from gatewayctl.proxy.ledger import Ledger, UsageRecord  # noqa: E402
-from playwright.sync_api import Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page  # noqa: E402
 
 from tests.fakes.ollama import FakeOllama  # noqa: E402
 from tests.servers import serve_in_thread  # noqa: E402
+from tests.webui_browser import chromium, log_in  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
 ANSWER = """A token bucket refills at a steady rate and lets short bursts through:
 
 ```python
@@ -128,35 +119,60 @@ def demo() -> Iterator[tuple[str, FakeOllama]]:
                 yield url, fake
 
 
-def log_in(page: Page, url: str, user: str) -> None:
-    page.goto(f"{url}/login")
-    page.get_by_label("User name").fill(user)
-    page.get_by_label("Password").fill(DEMO_USERS[user][0])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{url}/{'admin' if user == 'admin' else 'chat'}")
+@contextmanager
+def busy(url: str, fake: FakeOllama, user: str) -> Iterator[None]:
+    """A slow answer streaming for ``user`` meanwhile, so the dashboard has one in flight."""
+    stop = threading.Event()
+    headers = {"authorization": f"Bearer {DEMO_USERS[user][1]}"}
+    body = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "Go on."}],
+        "stream": True,
+    }
+
+    def run() -> None:
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as response:
+            for _ in response.iter_bytes():
+                if stop.is_set():
+                    return
+
+    fake.token_delay = 0.5
+    fake.first_token_sent.clear()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    fake.first_token_sent.wait(10)
+    try:
+        yield
+    finally:
+        stop.set()
+        fake.token_delay = 0.0
+        thread.join(10)
+
+
+def open_as(browser: Browser, url: str, user: str, width: int) -> Page:
+    context = browser.new_context(viewport={"width": width, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    log_in(page, url, user, DEMO_USERS[user][0])
+    return page
 
 
 def shoot(url: str, fake: FakeOllama) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         for width, suffix in ((1440, ""), (360, "-360")):
-            context = browser.new_context(
-                viewport={"width": width, "height": 900}, device_scale_factor=1
-            )
-            page = context.new_page()
-            log_in(page, url, "admin")
+            page = open_as(browser, url, "admin", width)
             page.locator("#users tr[data-user='charlie']").wait_for()
             page.locator("#chart rect.col").first.wait_for()
-            page.wait_for_timeout(300)
-            page.screenshot(path=OUT / f"dashboard{suffix}.png", full_page=True)
-            context.close()
+            with busy(url, fake, "bob"):
+                page.locator("#users tr[data-user='bob'] td[data-label='In flight']").filter(
+                    has_text="1"
+                ).wait_for()
+                page.screenshot(path=OUT / f"dashboard{suffix}.png", full_page=True)
+            page.context.close()
 
-            context = browser.new_context(
-                viewport={"width": width, "height": 900}, device_scale_factor=1
-            )
-            page = context.new_page()
-            log_in(page, url, "alice")
+            page = open_as(browser, url, "alice", width)
             page.locator("#model option").first.wait_for(state="attached")
             fake.reply_text = "Hello! Ask me anything about the gateway."
             page.get_by_label("Message").fill("Hi there")
@@ -166,10 +182,8 @@ def shoot(url: str, fake: FakeOllama) -> None:
             page.get_by_label("Message").fill("How does the rate limit work? Show me in Python.")
             page.keyboard.press("Enter")
             page.locator(".msg.assistant[data-state='done']").nth(1).wait_for()
-            page.wait_for_timeout(300)
             page.screenshot(path=OUT / f"chat{suffix}.png", full_page=True)
-            context.close()
-        browser.close()
+            page.context.close()
 
 
 def main() -> None:

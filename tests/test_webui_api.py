@@ -19,7 +19,7 @@ from gatewayctl.proxy.app import create_app
 from gatewayctl.proxy.store import Store
 from gatewayctl.webui.sessions import COOKIE, KEY_FILE
 
-from tests.conftest import PASSWORD, Running, StartGateway, key_of
+from tests.conftest import PASSWORD, Running, StartGateway, key_of, write_config
 from tests.fakes.ollama import REPLY_TOKENS, FakeOllama
 from tests.servers import serve_in_thread
 from tests.webui_client import WebClient, logged_in
@@ -119,10 +119,12 @@ def test_logout_revokes_the_cookie_even_if_replayed(gw: Running) -> None:
     assert replay.get("/ui/api/admin/state").status_code == 401
 
 
-def test_sessions_survive_a_restart(gw: Running) -> None:
-    cookie = logged_in(gw.url, "root").cookies[COOKIE]
-    # A second gateway process on the same users.toml: same key file beside it.
-    with serve_in_thread(create_app(gw.config_path)) as url:
+def test_sessions_survive_a_restart(fake: Fake, tmp_path: Path) -> None:
+    path = write_config(tmp_path / "users.toml", fake[1], {"root": {"role": "admin"}})
+    with serve_in_thread(create_app(path)) as url:
+        cookie = logged_in(url, "root").cookies[COOKIE]
+    # The next gateway process on the same users.toml finds the same key file beside it.
+    with serve_in_thread(create_app(path)) as url:
         client = WebClient(url)
         client.cookies.set(COOKIE, cookie)
         assert client.get("/ui/api/admin/state").status_code == 200
@@ -437,3 +439,34 @@ def test_api_key_users_are_unaffected_by_the_web_ui(gw: Running) -> None:
     )
     assert response.status_code == 200
     assert "content-security-policy" not in response.headers
+
+
+def test_state_counts_requests_in_flight(fake: Fake, gw: Running) -> None:
+    upstream = fake[0]
+    upstream.token_delay = 0.1
+    admin = logged_in(gw.url, "root")
+
+    def in_flight() -> int:
+        state = admin.get("/ui/api/admin/state").json()
+        return int(next(u for u in state["users"] if u["user"] == "alice")["in_flight"])
+
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with gw.client("alice") as alice, alice.stream("POST", "/v1/chat/completions", json=body):
+        assert upstream.first_token_sent.wait(5)
+        assert in_flight() == 1
+        state = admin.get("/ui/api/admin/state").json()
+        assert state["upstreams"][0]["in_flight"] == 1
+    assert wait_until(lambda: in_flight() == 0)
+
+
+def test_state_shows_an_upstream_that_is_down(start_gateway: StartGateway) -> None:
+    with start_gateway("http://127.0.0.1:9") as gw:  # the discard port: nothing listens
+        admin = logged_in(gw.url, "root")
+
+        def upstream() -> dict[str, Any]:
+            found: dict[str, Any] = admin.get("/ui/api/admin/state").json()["upstreams"][0]
+            return found
+
+        assert wait_until(lambda: upstream()["healthy"] is False)
+        assert upstream()["url"] == "http://127.0.0.1:9"
+        assert "ConnectError" in upstream()["detail"]

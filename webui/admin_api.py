@@ -31,7 +31,7 @@ from gatewayctl.webui.activity import Activity, ActivityCache, Window
 from gatewayctl.webui.forms import field_error, parse_limits
 from gatewayctl.webui.guard import Guard
 from gatewayctl.webui.headers import route
-from gatewayctl.webui.health import UpstreamHealth
+from gatewayctl.webui.health import upstream_views
 from gatewayctl.webui.responses import api, json_body, ok
 from gatewayctl.webui.session_api import set_session_cookie
 from starlette.requests import Request
@@ -39,7 +39,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 T = TypeVar("T")
-InFlight = Callable[[str], int]
 
 
 class AdminApi:
@@ -49,15 +48,11 @@ class AdminApi:
         guard: Guard,
         *,
         activity: ActivityCache,
-        health: UpstreamHealth,
-        in_flight: InFlight,
     ) -> None:
         self.gateway = gateway
         self.guard = guard
         self.store = Store(gateway.config_path)
         self.activity = activity
-        self.health = health
-        self.in_flight = in_flight
 
     def routes(self) -> list[BaseRoute]:
         one = "/ui/api/admin/users/{name}"
@@ -89,7 +84,7 @@ class AdminApi:
             "reserved": self.gateway.quotas.reserved(user.name),
             "hour": asdict(activity.last_hour.get(user.name, Window())),
             "day": asdict(activity.last_day.get(user.name, Window())),
-            "in_flight": self.in_flight(user.name),
+            "in_flight": self.gateway.scheduler.in_flight(user.name),
             "last_seen": activity.last_seen.get(user.name),
             "hourly": activity.hourly.get(user.name, [0] * activity.hours),
         }
@@ -99,7 +94,6 @@ class AdminApi:
         config = self.gateway.config
         names = sorted(config.users)
         activity = await self.activity.get(names)
-        upstreams = await self.health.statuses()
         return ok(
             {
                 "now": time.time(),
@@ -113,7 +107,7 @@ class AdminApi:
                     "hours": activity.hours,
                     "total": activity.total_hourly(),
                 },
-                "upstreams": [status.view() for status in upstreams],
+                "upstreams": upstream_views(self.gateway),
             }
         )
 

@@ -11,7 +11,6 @@ from gatewayctl.webui.activity import ActivityCache
 from gatewayctl.webui.admin_api import AdminApi
 from gatewayctl.webui.chat import chat_routes
 from gatewayctl.webui.guard import Guard
-from gatewayctl.webui.health import UpstreamHealth
 from gatewayctl.webui.pages import Pages
 from gatewayctl.webui.session_api import SessionApi
 from gatewayctl.webui.sessions import Sessions, load_or_create_key
@@ -21,13 +20,7 @@ from starlette.routing import BaseRoute
 def webui_routes(gateway: Gateway) -> list[BaseRoute]:
     sessions = Sessions(load_or_create_key(gateway.config_path.resolve().parent))
     guard = Guard(gateway, sessions)
-    admin = AdminApi(
-        gateway,
-        guard,
-        activity=ActivityCache(gateway.ledger.path),
-        health=UpstreamHealth(gateway),
-        in_flight=lambda _name: 0,
-    )
+    admin = AdminApi(gateway, guard, activity=ActivityCache(gateway.ledger.path))
     return [
         *Pages(guard).routes(),
         *SessionApi(gateway, sessions, guard).routes(),

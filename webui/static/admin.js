@@ -8,7 +8,6 @@ import {
   el,
   fmtAgo,
   fmtInt,
-  fmtNum,
   fmtShort,
   loadSession,
   toLogin,
@@ -222,15 +221,18 @@ function render(next) {
 
 function renderUpstreams(upstreams) {
   $("upstreams").replaceChildren(
-    ...upstreams.map((u) =>
-      el(
+    ...upstreams.map((u) => {
+      const load = u.max_in_flight === null ? `${u.in_flight} in flight` : `${u.in_flight}/${u.max_in_flight} in flight`;
+      const state = u.healthy ? (u.detail === "ok" ? "healthy" : u.detail) : `down: ${u.detail}`;
+      const models = u.models.length ? ` · ${u.models.join(", ")}` : "";
+      return el(
         "div",
         { class: "upstream", dataset: { healthy: String(u.healthy) } },
         el("span", { class: `dot ${u.healthy ? "" : "bad"}`, "aria-hidden": "true" }),
         el("code", {}, u.url),
-        el("span", { class: "muted" }, u.healthy ? `healthy · ${fmtNum(u.latency_ms)} ms` : u.detail),
-      ),
-    ),
+        el("span", { class: "muted" }, `${state} · ${load}${models}`),
+      );
+    }),
   );
 }
 
