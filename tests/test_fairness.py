@@ -235,6 +235,12 @@ async def _stream(client: httpx.AsyncClient, tag: str) -> float:
     return time.monotonic()
 
 
+def _rejections(gw: Running, user: str, reason: str) -> float | None:
+    return gw.gateway.metrics.registry.get_sample_value(
+        "gatewayctl_rejections_total", {"user": user, "reason": reason}
+    )
+
+
 def _async_client(gw: Running, user: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=gw.url,
@@ -310,6 +316,7 @@ def test_queue_timeout_is_429_with_retry_after_in_both_dialects(
             ).chat(model="llama3.2", messages=[{"role": "user", "content": "x"}])
         assert caught.value.status_code == 429
     assert [r.body["messages"][0]["content"] for r in fake.requests] == ["hold"]
+    assert _rejections(gw, "alice", "queue_timeout") == 4
     rows = wait_for_rows(gw, "alice", 5)
     assert [(r["status"], r["outcome"]) for r in rows[:-1]] == [(429, "server_busy")] * 4
 
@@ -334,6 +341,7 @@ def test_a_full_queue_refuses_at_once(
         assert time.monotonic() - started < 5  # not after a queue_timeout of 30 s
         error = openai_error(refused, 429)
         assert error["code"] == "server_busy" and "waiting" in error["message"]
+        assert _rejections(gw, "alice", "queue_full") == 1
         holding.close()  # the queued one gets the place
         assert queued.result(timeout=10).status_code == 200
     assert [r.body["messages"][0]["content"] for r in fake.requests] == ["hold", "queued"]
@@ -361,6 +369,7 @@ def test_per_user_concurrency_from_the_cli_and_hot_reloaded(
             error = openai_error(second, 429)
             assert error["code"] == "concurrency_limit_exceeded"
             assert second.headers["retry-after"] == "1"
+            assert _rejections(gw, "alice", "concurrency") == 1
             with gw.client("root") as root:  # the cap is alice's own
                 assert root.post("/v1/chat/completions", json=chat_body()).status_code == 200
             result = runner.invoke(
