@@ -10,6 +10,7 @@ the upstream pool when /metrics is scraped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from gatewayctl.proxy.ledger import UsageRecord
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,6 +23,24 @@ _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 UNKNOWN = "-"  # label value when the user or model is not known (refused before auth, ...)
+
+
+M = TypeVar("M", Counter, Histogram)
+
+
+class _Children(Generic[M]):
+    """A metric's children by label values. ``labels()`` validates its arguments and takes a
+    lock on every call; on the request path a dict lookup is enough once a child exists."""
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class _Gauges:
@@ -89,21 +108,28 @@ class Metrics:
             registry=r,
         )
 
+        self._requests = _Children(self.requests)
+        self._latency = _Children(self.latency)
+        self._tokens = _Children(self.tokens)
+        self._ttft = _Children(self.ttft)
+
     def add_gauges(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self.registry.register(_Gauges(collect))
+
+    def answered(self, user: str, model: str, route: str, status: int, seconds: float) -> None:
+        self._requests(user, model, route, str(status)).inc()
+        self._latency(route).observe(seconds)
 
     def rejected(self, user: str, reason: str) -> None:
         self.rejections.labels(user, reason).inc()
 
     def settled(self, record: UsageRecord) -> None:
         if record.prompt_tokens:
-            self.tokens.labels(record.user, record.model, "prompt").inc(record.prompt_tokens)
+            self._tokens(record.user, record.model, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
-            self.tokens.labels(record.user, record.model, "completion").inc(
-                record.completion_tokens
-            )
+            self._tokens(record.user, record.model, "completion").inc(record.completion_tokens)
         if record.ttft_ms is not None and record.status == 200:
-            self.ttft.labels(record.model).observe(record.ttft_ms / 1000)
+            self._ttft(record.model).observe(record.ttft_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
