@@ -81,11 +81,13 @@ class UpstreamPool:
         known = {u.url: u for u in self.upstreams}
         fresh: list[Upstream] = []
         for settings in upstreams:
-            upstream = Upstream(settings, server.max_in_flight)
-            previous = known.get(settings.url)
-            if previous is not None:
-                upstream.healthy, upstream.checked = previous.healthy, previous.checked
-                upstream.error, upstream.in_flight = previous.error, previous.in_flight
+            upstream = known.get(settings.url)
+            if upstream is None:
+                upstream = Upstream(settings, server.max_in_flight)
+            else:
+                # The same object: requests in flight release the count they took on it.
+                upstream.settings = settings
+                upstream.cap = settings.max_in_flight or server.max_in_flight
             fresh.append(upstream)
         self.upstreams = fresh
         self.interval = server.health_interval

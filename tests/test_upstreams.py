@@ -422,10 +422,21 @@ def test_the_pool_follows_users_toml(tmp_path: Path) -> None:
         _gateway(tmp_path, [UpstreamSettings(a)]) as gw,
         gw.client() as client,
     ):
+        pool = gw.gateway.pool
         assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        old.token_delay = 0.05
+        with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True)) as held:
+            assert held.status_code == 200
+            # Reloaded while a request is in flight on the upstream that stays.
+            _write(gw.config_path, [UpstreamSettings(b), UpstreamSettings(a, max_in_flight=1)])
+            wait_until(lambda: [u.url for u in pool.upstreams] == [b, a])
+            assert [u.in_flight for u in pool.upstreams] == [0, 1]
+            assert pool.upstreams[1].cap == 1
+            assert b"[DONE]" in held.read()
+        assert [u.in_flight for u in pool.upstreams] == [0, 0]
         _write(gw.config_path, [UpstreamSettings(b, max_in_flight=3)])
-        wait_until(lambda: [u.url for u in gw.gateway.pool.upstreams] == [b])
-        assert gw.gateway.pool.upstreams[0].cap == 3
+        wait_until(lambda: [u.url for u in pool.upstreams] == [b])
+        assert pool.upstreams[0].cap == 3
         for _ in range(2):
             assert client.post("/v1/chat/completions", json=chat_body()).status_code == 200
-    assert (_chats(old), _chats(new)) == (1, 2)
+    assert (_chats(old), _chats(new)) == (2, 2)
