@@ -70,7 +70,7 @@ def test_the_answer_streams_into_the_bubble(
 ) -> None:
     upstream, url = fake
     upstream.reply_text = "one two three four five six seven eight nine ten"
-    upstream.token_delay = 0.2
+    upstream.token_delay = 0.3
     with start_gateway(url) as gw:
         page = open_chat(gw)
         send(page, "Count to ten")

@@ -49,7 +49,7 @@ class Guard:
         session = self.sessions.read(conn.cookies.get(COOKIE))
         if session is None:
             return Visitor(None, None)
-        return Visitor(session, self.sessions.user_of(session, dict(self.gateway.config.users)))
+        return Visitor(session, self.sessions.user_of(session, self.gateway.config.users))
 
     def check_csrf(self, conn: HTTPConnection, session: Session | None) -> None:
         """Refuse a state-changing request that did not come from our own pages."""

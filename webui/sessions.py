@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +137,7 @@ class Sessions:
             return None
         return session
 
-    def user_of(self, session: Session, users: dict[str, User]) -> User | None:
+    def user_of(self, session: Session, users: Mapping[str, User]) -> User | None:
         """The session's user as configured now; None once the password changed or they left."""
         if session.anonymous:
             return None
