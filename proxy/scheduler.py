@@ -23,6 +23,7 @@ counts cannot race.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -78,9 +79,11 @@ class _Waiter:
 
 
 async def _disconnected(receive: Receive) -> None:
-    # The request body has been read, so the next message is the disconnect.
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    # The request body has been read, so the next message is the disconnect. A server that
+    # fails the call has lost the client just the same.
+    with contextlib.suppress(Exception):
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
 
 class Scheduler:
