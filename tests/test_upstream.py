@@ -201,3 +201,44 @@ async def test_closing_the_client_closes_its_connections(fake: tuple[FakeOllama,
     await engine.aclose()
     assert await asyncio.to_thread(upstream.cancelled.wait, 5.0)
     await response.aclose()
+
+
+async def test_built_requests_carry_merged_headers_and_length() -> None:
+    target = "http://127.0.0.1:1/v1/chat/completions?x=1"
+    body = b'{"a":1}'
+    async with client() as engine:
+        request = engine.build_request(
+            "POST",
+            target,
+            content=body,
+            headers={"Content-Type": "application/json", "user-agent": "caf\xe9/1.0"},
+        )
+        timeout = engine.timeout.as_dict()
+    async with httpx.AsyncClient() as stock:
+        plain = stock.build_request("POST", target, content=body, headers={"user-agent": "x"})
+    assert request.url == plain.url
+    assert request.content == body
+    assert request.headers["host"] == "127.0.0.1:1"
+    assert request.headers["content-length"] == "7"
+    assert request.headers["content-type"] == "application/json"
+    # A client's non-ASCII header byte is passed on as it came (httpx's own encoder refuses it),
+    # and replaces the client default instead of joining it.
+    assert [v for k, v in request.headers.raw if k.lower() == b"user-agent"] == [b"caf\xe9/1.0"]
+    assert {k.lower() for k, _ in request.headers.raw} == {
+        k.lower() for k, _ in plain.headers.raw
+    } | {b"content-type"}
+    assert request.extensions["timeout"] == timeout
+
+
+async def test_other_request_shapes_take_httpx_own_path(fake: tuple[FakeOllama, str]) -> None:
+    upstream, url = fake
+    async with client() as engine:
+        response = await engine.post(
+            url + CHAT,
+            json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]},
+            params={"trace": "1"},
+        )
+        empty = engine.build_request("POST", url + "/api/pull")
+    assert response.status_code == 200
+    assert upstream.requests[-1].query == "trace=1"
+    assert empty.headers["content-length"] == "0"
