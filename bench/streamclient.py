@@ -1,9 +1,14 @@
-"""The streaming load generator: many concurrent SSE streams from one asyncio process (aiohttp,
-uvloop), timing the first byte and the gap before every event. Prints one JSON object.
+"""The streaming load generator: many concurrent SSE streams from one asyncio process (raw
+protocols, the httptools parser, uvloop), timing the first byte and the gap before every event.
+Prints one JSON object.
 
-Closed loop (``--duration``): each of ``--streams`` workers opens streams back to back until
-the time is up. Hold (``--once``): every worker opens exactly one stream, the starts spread
-over ``--ramp`` seconds, as a thousand users arriving at once would.
+A full HTTP client costs tens of microseconds per chunk, and a thousand streams at 20 tokens/s
+are 20,000 chunks a second: the client would be the slowest part and its own delays would
+drown the gateway's. Here a chunk costs one parser callback.
+
+Closed loop (``--duration``): each of ``--streams`` connections runs streams back to back
+(keep-alive) until the time is up. Hold (``--once``): every connection runs exactly one stream,
+the starts spread over ``--ramp`` seconds, as a thousand users arriving at once would.
 
 Run: ``python -m bench.streamclient --url http://127.0.0.1:9000 --streams 32 --duration 5``.
 """
@@ -16,8 +21,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 
 from bench.stats import summary
 
@@ -30,48 +36,97 @@ class Tally:
     error_kinds: dict[str, int] = field(default_factory=dict)
     ttfb: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
+    gap_times: list[float] = field(default_factory=list)  # when each gap ended
 
     def fail(self, kind: str) -> None:
         self.errors += 1
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
 
-async def one_stream(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], tally: Tally
-) -> None:
-    started = time.perf_counter()
-    last = 0.0
-    try:
-        async with session.post(url, data=body, headers=headers) as response:
-            if response.status != 200:
-                await response.read()
-                tally.fail(f"status {response.status}")
-                return
-            done = False
-            async for data in response.content.iter_any():
-                now = time.perf_counter()
-                events = data.count(b"\n\n")
-                if not events:
-                    continue
-                if last == 0.0:
-                    tally.ttfb.append(now - started)
-                else:
-                    tally.gaps.append(now - last)
-                tally.gaps.extend([0.0] * (events - 1))
-                tally.events += events
-                last = now
-                done = done or b"[DONE]" in data
-            if not done:
-                tally.fail("incomplete")
-                return
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        tally.fail(type(exc).__name__)
-        return
-    tally.streams += 1
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection running one stream at a time."""
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: Any = None
+        self._done: asyncio.Future[None] | None = None
+        self._started = 0.0
+        self._last = 0.0
+        self._tail = b""  # the last byte of the previous piece: "\n\n" may straddle two
+        self._complete = False
+        self._status = 0
+        self._saw_done = False
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._finish("bad response")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._complete:
+            self._finish("connection lost")
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        now = time.perf_counter()
+        events = (self._tail + body).count(b"\n\n")
+        self._tail = body[-1:]
+        if not events:
+            return
+        tally = self._tally
+        if self._last == 0.0:
+            tally.ttfb.append(now - self._started)
+        else:
+            tally.gaps.append(now - self._last)
+            tally.gap_times.append(now)
+        if events > 1:
+            tally.gaps.extend([0.0] * (events - 1))
+            tally.gap_times.extend([now] * (events - 1))
+        tally.events += events
+        self._last = now
+        self._saw_done = self._saw_done or b"[DONE]" in body
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+        if self._status != 200:
+            self._finish(f"status {self._status}")
+        elif not self._saw_done:
+            self._finish("incomplete")
+        else:
+            self._tally.streams += 1
+            self._finish(None)
+
+    def _finish(self, error: str | None) -> None:
+        if error is not None:
+            self._tally.fail(error)
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    async def run(self, request: bytes) -> bool:
+        """One stream; False when the connection cannot carry another."""
+        self._done = asyncio.get_running_loop().create_future()
+        self._started = time.perf_counter()
+        self._last = 0.0
+        self._tail = b""
+        self._complete = self._saw_done = False
+        self._transport.write(request)
+        await self._done
+        return self._complete and not self._transport.is_closing()
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    url = args.url.rstrip("/") + "/v1/chat/completions"
+def build_request(url: str, args: argparse.Namespace) -> bytes:
+    parts = urlsplit(url)
     body = json.dumps(
         {
             "model": args.model,
@@ -81,26 +136,56 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "stream_options": {"include_usage": True},
         }
     ).encode()
-    headers = {"content-type": "application/json"}
+    head = [
+        "POST /v1/chat/completions HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ]
     if args.key:
-        headers["authorization"] = f"Bearer {args.key}"
+        head.append(f"Authorization: Bearer {args.key}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    parts = urlsplit(args.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = build_request(args.url, args)
     tally = Tally()
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        started = time.perf_counter()
-        deadline = started + args.duration
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    deadline = started + args.duration
 
-        async def worker(index: int) -> None:
-            if args.once:
-                await asyncio.sleep(args.ramp * index / max(1, args.streams))
-                await one_stream(session, url, body, headers, tally)
-                return
-            while time.perf_counter() < deadline:
-                await one_stream(session, url, body, headers, tally)
+    async def worker(index: int) -> None:
+        if args.once:
+            await asyncio.sleep(args.ramp * index / max(1, args.streams))
+        conn: _Connection | None = None
+        try:
+            while True:
+                if conn is None:
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(tally), host, port
+                        )
+                    except OSError as exc:
+                        tally.fail(type(exc).__name__)
+                        return
+                if not await conn.run(request):
+                    conn.close()
+                    conn = None
+                if args.once or time.perf_counter() >= deadline:
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
 
-        await asyncio.gather(*(worker(i) for i in range(args.streams)))
-        elapsed = time.perf_counter() - started
+    await asyncio.gather(*(worker(i) for i in range(args.streams)))
+    elapsed = time.perf_counter() - started
+    # Steady state: once every stream has started and run a second, until a second before the
+    # last event; the ramp (a thousand connections and admissions at once) is measured apart.
+    first = started + (args.ramp if args.once else 0.0) + 1.0
+    last = (tally.gap_times[-1] if tally.gap_times else started) - 1.0
+    steady = [g for g, t in zip(tally.gaps, tally.gap_times, strict=True) if first <= t <= last]
     return {
         "streams": tally.streams,
         "events": tally.events,
@@ -111,6 +196,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "events_per_s": tally.events / elapsed,
         "ttfb_ms": summary(tally.ttfb),
         "gap_ms": summary(tally.gaps),
+        "steady_gap_ms": summary(steady),
     }
 
 

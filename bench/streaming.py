@@ -97,6 +97,8 @@ def run_held(env: Env, *, streams: int, hold_seconds: float, ramp: float) -> dic
     result["added_ms"] = {
         "gap_p50": _added(result, "gap_ms", "p50"),
         "gap_p99": _added(result, "gap_ms", "p99"),
+        "steady_gap_p50": _added(result, "steady_gap_ms", "p50"),
+        "steady_gap_p99": _added(result, "steady_gap_ms", "p99"),
         "ttfb_p50": _added(result, "ttfb_ms", "p50"),
     }
     return result

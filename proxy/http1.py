@@ -58,6 +58,11 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
+        # The read timeout: one timer per connection, re-armed only when it fires, instead of a
+        # timer made and cancelled for every chunk of every stream.
+        self._silence = 0.0
+        self._heard = 0.0  # loop time of the last bytes from the engine, or of the last wait
+        self._watchdog: asyncio.TimerHandle | None = None
         self._reset(head_only=False)
 
     def _reset(self, *, head_only: bool) -> None:
@@ -84,6 +89,7 @@ class _Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self._heard = self._loop.time()
         if not self.active:  # bytes nobody asked for: the connection is not HTTP any more
             self.close()
             return
@@ -98,6 +104,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.head_done and not self.complete and self._until_eof and exc is None:
             self.complete = True  # a body delimited by the end of the connection
         elif not self.complete:
@@ -180,15 +189,31 @@ class _Connection(asyncio.Protocol):
 
     async def _wait(self, silence: float | None) -> None:
         waiter = self._waiter = self._loop.create_future()
-        timer = None
         if silence is not None:
-            timer = self._loop.call_later(silence, _expire, waiter, silence)
+            self._silence = silence
+            self._heard = now = self._loop.time()  # silence is counted from here at the latest
+            watchdog = self._watchdog
+            if watchdog is None or watchdog.when() > now + silence:  # none, or for a longer one
+                if watchdog is not None:
+                    watchdog.cancel()
+                self._watchdog = self._loop.call_at(now + silence, self._check_silence)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _check_silence(self) -> None:
+        self._watchdog = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms it again
+        deadline = self._heard + self._silence
+        if self._loop.time() >= deadline:
+            waiter.set_exception(
+                httpx.ReadTimeout(f"the engine sent nothing for {self._silence:g} s")
+            )
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._check_silence)
 
     async def send_request(
         self, data: list[bytes], *, head_only: bool, write_timeout: float | None
@@ -234,11 +259,6 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None and not self.closed:
             self._transport.close()
-
-
-def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(httpx.ReadTimeout(f"the engine sent nothing for {timeout:g} s"))
 
 
 class _Body(httpx.AsyncByteStream):

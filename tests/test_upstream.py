@@ -137,6 +137,20 @@ async def test_silence_past_the_read_timeout_is_a_read_timeout(
             await engine.request(**chat(url, stream=False))
 
 
+async def test_silence_between_chunks_is_a_read_timeout(fake: tuple[FakeOllama, str]) -> None:
+    upstream, url = fake
+    upstream.token_delay = 2.0
+    async with client(read_timeout=0.3) as engine:
+        started = time.monotonic()
+        async with engine.stream(**chat(url, stream=True)) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx.ReadTimeout):
+                async for _chunk in response.aiter_raw():
+                    pass
+        assert time.monotonic() - started < 1.5  # not the 2 s of the next token
+    assert await asyncio.to_thread(upstream.cancelled.wait, 5.0)
+
+
 @contextlib.contextmanager
 def hang_up_server() -> Iterator[str]:
     """Accepts, reads the request, and closes without a word: an engine that crashed."""
