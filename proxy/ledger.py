@@ -179,6 +179,11 @@ class Ledger:
         self._ids = itertools.count(1)
         self._lock_fd: int | None = None
         self._checkpointer: _Checkpointer | None = None
+        # The writer's connection, shared with reserve() under this lock.
+        self._conn: sqlite3.Connection | None = None
+        self._conn_lock = threading.Lock()
+        self._reserved_since_checkpoint = 0
+        self._in_flight = 0  # reservations returned by reserve() and not yet recorded
         self.recovered = 0
 
     def open(self) -> None:
@@ -194,6 +199,7 @@ class Ledger:
             )
         }
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job, see _Checkpointer
+        self._conn = conn
         self._checkpointer = _Checkpointer(self.path)
         self._checkpointer.start()
         self._thread = threading.Thread(
@@ -241,18 +247,47 @@ class Ledger:
         import asyncio
 
         reservation = next(self._ids)
-        done = asyncio.get_running_loop().create_future()
         row = (reservation, time.time(), user, model, endpoint, tokens, request_id)
-        self._queue.put(("reserve", row, done))
-        try:
-            await done
-        except asyncio.CancelledError:
-            # The request will not run: drop the row, or the next start would charge it in full.
-            self._queue.put(("unreserve", reservation, None))
-            raise
+        if not (self._in_flight == 0 and self._reserve_now(row)):
+            done = asyncio.get_running_loop().create_future()
+            self._queue.put(("reserve", row, done))
+            try:
+                await done
+            except asyncio.CancelledError:
+                # The request will not run: drop the row, or the next start would charge it.
+                self._queue.put(("unreserve", reservation, None))
+                raise
+        self._in_flight += 1
         return reservation
 
+    def _reserve_now(self, row: tuple[Any, ...]) -> bool:
+        """Commit one reservation right here, on the event loop, if the writer is not using
+        the connection. reserve() only asks when no other reservation is in flight.
+
+        The request cannot go on before its reservation is on disk, so it waits either way;
+        handing one small insert to the writer thread and back costs two thread wake-ups,
+        about 0.3 ms on a quiet 2-core machine (most of the gateway's added latency), against
+        some 30 us for the insert and commit themselves (WAL, no fsync: checkpoints run in
+        their own thread). With nothing else in flight, holding the loop for that long delays
+        nobody; with requests in flight, reservations go to the writer and share its commits.
+        """
+        conn = self._conn
+        if conn is None or not self._conn_lock.acquire(blocking=False):
+            return False
+        try:
+            with conn:
+                conn.execute(_INSERT_RESERVATION, row)
+            self._reserved_since_checkpoint += 1
+        except sqlite3.Error as exc:
+            _log_failure(self.path, exc)
+            raise LedgerError(str(exc)) from None
+        finally:
+            self._conn_lock.release()
+        return True
+
     def record(self, rec: UsageRecord, reservation: int | None = None) -> None:
+        if reservation is not None and self._in_flight:
+            self._in_flight -= 1
         totals = self._totals.get(rec.user)
         if totals is None:
             totals = self._totals[rec.user] = Totals()
@@ -307,8 +342,11 @@ class Ledger:
                 batch.add(*op)
             error: Exception | None = None
             try:
-                with conn:
-                    batch.write(conn)
+                with self._conn_lock:
+                    since_checkpoint += self._reserved_since_checkpoint  # by reserve() itself
+                    self._reserved_since_checkpoint = 0
+                    with conn:
+                        batch.write(conn)
             except sqlite3.Error as exc:  # disk full, file removed: say so, keep serving
                 _log_failure(self.path, exc)
                 error = exc
@@ -317,7 +355,9 @@ class Ledger:
             if since_checkpoint >= _CHECKPOINT_AFTER and self._checkpointer is not None:
                 self._checkpointer.request()
                 since_checkpoint = 0
-        conn.close()
+        with self._conn_lock:
+            self._conn = None
+            conn.close()
 
 
 class _Checkpointer:
