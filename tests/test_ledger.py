@@ -110,6 +110,25 @@ async def test_settled_reservation_is_not_charged_again(db: Path) -> None:
     assert read_totals(db) == {"alice": Totals(1, 5, 6)}
 
 
+async def test_reservations_with_others_in_flight_are_on_disk_when_reserve_returns(
+    ledger: Ledger, db: Path
+) -> None:
+    # The first is committed on the spot, the others by the writer thread in shared commits.
+    first = await ledger.reserve("alice", 1, model="m", endpoint="chat", request_id="r-0")
+    others = await asyncio.gather(
+        *(
+            ledger.reserve("alice", 10, model="m", endpoint="chat", request_id=f"r-{i}")
+            for i in range(1, 6)
+        )
+    )
+    assert rows(db, "SELECT COUNT(*), SUM(tokens) FROM reservations") == [(6, 51)]
+    for reservation in [first, *others]:
+        ledger.record(usage("alice", 1, 0), reservation)
+    await ledger.flush()
+    assert rows(db, "SELECT COUNT(*) FROM reservations") == [(0,)]
+    assert read_totals(db) == {"alice": Totals(6, 6, 0)}
+
+
 CRASHING_GATEWAY = textwrap.dedent(
     """
     import asyncio, os, sys, time
