@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,6 +63,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress  # imported here, like logging and uvicorn: only serve needs them
+
     if host == "localhost":
         return True
     try:
@@ -130,6 +130,8 @@ def serve(
             f"{', '.join(demo)}",
             err=True,
         )
+    import logging
+
     import uvicorn  # imported late: every other command starts faster without it
     from gatewayctl.proxy.app import create_app
 
@@ -145,6 +147,10 @@ def serve(
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # A thousand streaming clients may connect within a second.
+        backlog=4096,
+        # Nothing for a client to learn from "server: uvicorn", and bytes on every answer.
+        server_header=False,
     )
 
 
