@@ -7,11 +7,12 @@ The key itself is never logged and never forwarded upstream.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 
 from gatewayctl.proxy.asgi import Scope, header
 from gatewayctl.proxy.config import User
-from gatewayctl.proxy.credentials import hash_api_key, verify_api_key
+from gatewayctl.proxy.credentials import hash_api_key
 from gatewayctl.proxy.errors import Forbidden, Unauthorized
 
 
@@ -30,8 +31,11 @@ def user_for_key(users_by_key: Mapping[str, User], key: str | None) -> User:
         raise Unauthorized(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'."
         )
-    user = users_by_key.get(hash_api_key(key))
-    if user is None or not verify_api_key(key, user.key_hash):
+    hashed = hash_api_key(key)
+    user = users_by_key.get(hashed)
+    # The dict lookup found the hash; compare_digest guards against a collision in the map
+    # (hashing the key a second time, as verify_api_key would, adds nothing).
+    if user is None or user.key_hash is None or not hmac.compare_digest(hashed, user.key_hash):
         raise Unauthorized("Incorrect API key provided.")
     if user.suspended:
         raise Forbidden(f"The account {user.name!r} is suspended.", code="account_suspended")
