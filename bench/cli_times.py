@@ -40,7 +40,7 @@ def import_times(argv: list[str], top: int = 8) -> list[dict[str, Any]]:
         text=True,
         env=_env(),
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in out.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
@@ -48,7 +48,7 @@ def import_times(argv: list[str], top: int = 8) -> list[dict[str, Any]]:
         name = name[1:]  # nesting is shown by indentation past one space
         if not name.startswith(" "):
             rows.append({"module": name, "cumulative_ms": int(cumulative_us) / 1000})
-    rows.sort(key=lambda row: -row["cumulative_ms"])
+    rows.sort(key=lambda row: -float(row["cumulative_ms"]))
     return rows[:top]
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from gatewayctl.proxy.config import Config, ServerSettings, User, config_to_toml
 from gatewayctl.proxy.credentials import hash_api_key, hash_password
@@ -15,7 +16,12 @@ from gatewayctl.proxy.ledger import SCHEMA
 BENCH_USER = "bench"
 BENCH_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
 # Every feature on, none of them refusing: the limiter, the quota book and the cap all run.
-BENCH_LIMITS = {"rps": 1e6, "burst": 1_000_000, "quota": 10**15, "max_tokens": 100_000}
+BENCH_LIMITS: dict[str, Any] = {
+    "rps": 1e6,
+    "burst": 1_000_000,
+    "quota": 10**15,
+    "max_tokens": 100_000,
+}
 
 
 def filler_name(index: int) -> str:

@@ -31,19 +31,19 @@ def run(env: Env, *, seconds: float, concurrencies: tuple[int, ...]) -> dict[str
         row: dict[str, Any] = {}
         for name, target in env.targets.items():
             before = usage_of(target.pid)
-            result = run_wrk(
+            run = run_wrk(
                 binary, target.url + PATH, scripts[name], connections=connections, seconds=seconds
             )
             cpu = usage_of(target.pid).cpu_seconds - before.cpu_seconds
-            if result.requests == 0 or result.non2xx + result.errors > result.requests // 100:
+            if run.requests == 0 or run.non2xx + run.errors > run.requests // 100:
                 raise RuntimeError(
-                    f"{name} at c={connections}: {result.non2xx} non-2xx answers and "
-                    f"{result.errors} socket errors in {result.requests} requests "
+                    f"{name} at c={connections}: {run.non2xx} non-2xx answers and "
+                    f"{run.errors} socket errors in {run.requests} requests "
                     f"(see {env.workdir}/logs)"
                 )
-            row[name] = result.as_dict()
+            row[name] = run.as_dict()
             if name != "nginx":  # its workers are other processes than the one we started
-                row[name]["cpu_us_per_request"] = cpu * 1e6 / result.requests
+                row[name]["cpu_us_per_request"] = cpu * 1e6 / run.requests
         by_concurrency[str(connections)] = row
     result: dict[str, Any] = {"seconds": seconds, "concurrency": by_concurrency}
     if "1" in by_concurrency:
