@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -225,3 +228,66 @@ async def test_header_injection_is_refused() -> None:
         with pytest.raises(httpx.LocalProtocolError):
             await client.send(request)
     assert server.requests == []
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            *subject,
+            *files,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@contextlib.asynccontextmanager
+async def tls_server(cert: Path, key: Path) -> AsyncIterator[str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await _read_request(reader) is not None:
+                writer.write(OK_JSON)
+                await writer.drain()
+        except (ssl.SSLError, ConnectionError):
+            pass  # the client refused our certificate
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    async with server:
+        yield f"https://localhost:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_https_engine_with_a_trusted_certificate(
+    self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how an operator trusts a private CA
+    async with tls_server(cert, key) as url, engine() as client:
+        for _ in range(2):
+            assert (await client.post(url + "/x", content=b"{}")).json() == {"ok": True}
+
+
+async def test_https_engine_with_an_untrusted_certificate_is_refused(
+    self_signed: tuple[Path, Path],
+) -> None:
+    async with tls_server(*self_signed) as url, engine() as client:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.post(url + "/x", content=b"{}")
