@@ -76,7 +76,7 @@ def _run_suites(env: Env | None, args: argparse.Namespace, work: Path) -> dict[s
             seconds,
             lambda: nonstream.profile_target(env, "gateway", seconds=seconds, connections=32),
         )
-        results["profile"] = profile.summarize(out)
+        results["profile"] = profile.summarize(out, top=60)
         results["profile"]["collapsed"] = str(out)
     if "stream" in suites and env:
         results["stream"] = streaming.run(env, seconds=seconds)
@@ -98,6 +98,19 @@ def _run_suites(env: Env | None, args: argparse.Namespace, work: Path) -> dict[s
 
 def _progress(suite: str, results: dict[str, Any]) -> None:
     print(f"-- {suite} done", file=sys.stderr, flush=True)
+
+
+def profile_text(summary: dict[str, Any]) -> None:
+    print("\nprofile of the gateway at c=32 (py-spy): samples by thread")
+    for row in summary["threads"][:5]:
+        print(f"  {row['percent']:5.1f} %  {row['function']}")
+    outer = ("typer/", "gatewayctl:", "cli/", "uvicorn/main.py", "uvicorn/server.py")
+    outer += ("uvicorn/_compat.py", "asyncio/runners.py:Runner.run")
+    for kind in ("self", "total"):
+        print(f"main thread, {kind} time:")
+        rows = [r for r in summary[kind] if kind == "self" or not r["function"].startswith(outer)]
+        for row in rows[:20]:
+            print(f"  {row['percent']:5.1f} %  {row['function']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print("targets (one worker):")
     print(targets_text(output["targets"]))
     if "profile" in output:
-        print("\nprofile of the gateway at c=32, self time:")
-        for row in output["profile"]["self"][:15]:
-            print(f"  {row['percent']:5.1f} %  {row['function']}")
+        profile_text(output["profile"])
     print(f"\nJSON: {path}")
     return 0
 

@@ -1,7 +1,8 @@
 """Sampling the gateway with py-spy under load, and boiling the stacks down to a top list.
 
-py-spy writes collapsed stacks (``frame;frame;... count``); a function's *self* share counts
-samples where it is the innermost frame, its *total* share samples where it appears at all.
+py-spy writes collapsed stacks (``thread;frame;frame;... count``); a function's *self* share
+counts samples where it is the innermost frame, its *total* share samples where it appears at
+all. Coroutines run from uvloop's C code, so their stacks start at the task, not at main().
 """
 
 from __future__ import annotations
@@ -48,17 +49,23 @@ def _short(frame: str) -> str:
 
 
 def summarize(collapsed: Path, top: int = 25) -> dict[str, Any]:
+    """Shares of the main thread's samples (the event loop: the gateway's bottleneck), plus
+    how the samples split between threads (the ledger writes from threads of its own)."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     by_file: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
         count = int(count_text)
-        frames = [_short(f) for f in stack.split(";") if "(" in f]
-        if not frames:
+        head, _, rest = stack.partition(";")
+        thread = head.split("): ", 1)[1] if head.startswith("thread (") else "?"
+        threads[thread] += count
+        frames = [_short(f) for f in rest.split(";") if "(" in f]
+        if thread != "MainThread" or not frames:
             continue
         samples += count
         own[frames[-1]] += count
@@ -66,15 +73,16 @@ def summarize(collapsed: Path, top: int = 25) -> dict[str, Any]:
         for frame in set(frames):
             total[frame] += count
 
-    def share(counter: collections.Counter[str]) -> list[dict[str, Any]]:
+    def share(counter: collections.Counter[str], of: int) -> list[dict[str, Any]]:
         return [
-            {"function": name, "percent": round(100 * n / samples, 1)}
+            {"function": name, "percent": round(100 * n / of, 1)}
             for name, n in counter.most_common(top)
         ]
 
     return {
         "samples": samples,
-        "self": share(own),
-        "total": share(total),
-        "self_by_file": share(by_file),
+        "threads": share(threads, sum(threads.values()) or 1),
+        "self": share(own, samples or 1),
+        "total": share(total, samples or 1),
+        "self_by_file": share(by_file, samples or 1),
     }
