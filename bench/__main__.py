@@ -104,8 +104,9 @@ def profile_text(summary: dict[str, Any]) -> None:
     print("\nprofile of the gateway at c=32 (py-spy): samples by thread")
     for row in summary["threads"][:5]:
         print(f"  {row['percent']:5.1f} %  {row['function']}")
-    outer = ("typer/", "gatewayctl:", "cli/", "uvicorn/main.py", "uvicorn/server.py")
-    outer += ("uvicorn/_compat.py", "asyncio/runners.py:Runner.run")
+    # The frames every sample of the loop passes through, from main() down to the loop.
+    outer: tuple[str, ...] = ("typer/", "gatewayctl:", "cli/", "uvicorn/main.py")
+    outer += ("uvicorn/server.py", "uvicorn/_compat.py", "asyncio/runners.py:Runner.run")
     for kind in ("self", "total"):
         print(f"main thread, {kind} time:")
         rows = [r for r in summary[kind] if kind == "self" or not r["function"].startswith(outer)]
