@@ -2,7 +2,7 @@
 # Install everything the test suite needs, then run it: pytest over tests/, ruff, mypy.
 #
 # Works on a fresh Debian machine with python3 (3.11+), pip and a C compiler; run it as root or
-# with sudo available (apt-get is used only for what is missing: g++, python3-venv, chromium).
+# with sudo available (apt-get is used only for what is missing: g++, python3-venv, chromium, wrk).
 # Every step checks before it installs, so a second run goes straight to the tests.
 #   bash scripts/test.sh                # everything
 #   bash scripts/test.sh -k engine      # extra arguments go to pytest
@@ -51,6 +51,8 @@ command -v c++ >/dev/null || apt_install g++
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 # The browser tests drive Debian's Chromium (Playwright's own download does not work here).
 [ -x /usr/bin/chromium ] || apt_install chromium
+# The benchmark's smoke test drives the gateway with wrk.
+command -v wrk >/dev/null || apt_install wrk
 
 # --- the virtualenv and the project -----------------------------------------------------------
 if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
