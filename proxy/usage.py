@@ -89,20 +89,35 @@ def _data_of(event: bytes) -> bytes:
     return b"\n".join(parts)
 
 
-class SseScanner:
-    """Cuts an SSE stream into whole events, notes usage, hides injected usage chunks."""
+class _StreamScanner:
+    """What a stream has told so far, and the incomplete end of what was read."""
 
-    def __init__(self, *, hide_usage_chunk: bool) -> None:
-        self.hide_usage_chunk = hide_usage_chunk
+    def __init__(self) -> None:
         self.usage: Usage | None = None
         self.counted_tokens = 0
         self.done = False
         self.error = False
         self._tail = b""
 
+    def _with_tail(self, chunk: bytes) -> bytes:
+        return self._tail + chunk if self._tail else chunk
+
+    def flush(self) -> bytes:
+        """What is left when the stream ends (an incomplete last event or line)."""
+        tail, self._tail = self._tail, b""
+        return tail
+
+
+class SseScanner(_StreamScanner):
+    """Cuts an SSE stream into whole events, notes usage, hides injected usage chunks."""
+
+    def __init__(self, *, hide_usage_chunk: bool) -> None:
+        super().__init__()
+        self.hide_usage_chunk = hide_usage_chunk
+
     def feed(self, chunk: bytes) -> bytes:
         """Returns the bytes of the whole events in ``chunk`` that the client should get."""
-        data = self._tail + chunk if self._tail else chunk
+        data = self._with_tail(chunk)
         out: list[bytes] = []
         start = 0
         for match in _EVENT_END.finditer(data):
@@ -116,11 +131,6 @@ class SseScanner:
         if len(out) == 1:
             return out[0]
         return b"".join(out)
-
-    def flush(self) -> bytes:
-        """What is left when the stream ends (an incomplete last event)."""
-        tail, self._tail = self._tail, b""
-        return tail
 
     def _keep(self, event: bytes) -> bytes:
         """The event as the client should get it (b"" to hide it)."""
@@ -160,18 +170,11 @@ class SseScanner:
         return b"" if self.hide_usage_chunk else event
 
 
-class NdjsonScanner:
+class NdjsonScanner(_StreamScanner):
     """Cuts an Ollama NDJSON stream into whole lines and reads the final ``done`` line."""
 
-    def __init__(self) -> None:
-        self.usage: Usage | None = None
-        self.counted_tokens = 0
-        self.done = False
-        self.error = False
-        self._tail = b""
-
     def feed(self, chunk: bytes) -> bytes:
-        data = self._tail + chunk if self._tail else chunk
+        data = self._with_tail(chunk)
         cut = data.rfind(b"\n") + 1
         self._tail = data[cut:]
         whole = data[:cut]
@@ -182,7 +185,7 @@ class NdjsonScanner:
         return whole
 
     def flush(self) -> bytes:
-        tail, self._tail = self._tail, b""
+        tail = super().flush()
         if tail.strip():
             self._scan(tail)
         return tail
