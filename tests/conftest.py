@@ -80,6 +80,42 @@ class Running:
             time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def fake_and_gateway(
+    directory: Path, users: dict[str, dict[str, Any]] | None = None
+) -> Iterator[tuple[FakeOllama, Running]]:
+    """A fake Ollama and a gateway in front of it, for a module-scoped fixture: tests that
+    change no state share them instead of paying two server starts each."""
+    fake = FakeOllama()
+    with serve_in_thread(fake.app) as upstream:
+        path = write_config(directory / "users.toml", upstream, users or DEFAULT_USERS)
+        app = create_app(path)
+        with serve_in_thread(app) as url:
+            yield fake, Running(url, path, app.state.gateway)
+
+
+Served = tuple[FakeOllama, Running]
+
+
+@pytest.fixture(scope="module")
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """One fake and one gateway per test module (users: the module's ``USERS``, if it has one)."""
+    users = getattr(request.module, "USERS", None)
+    name = request.module.__name__.rpartition(".")[2]
+    with fake_and_gateway(tmp_path_factory.mktemp(name), users) as pair:
+        yield pair
+
+
+@pytest.fixture
+def served(shared: Served) -> Served:
+    """The module's fake and gateway, for tests that leave no state behind (each test finds its
+    own ledger row by its response's x-request-id)."""
+    shared[0].reset()
+    return shared
+
+
 @pytest.fixture
 def fake() -> Iterator[tuple[FakeOllama, str]]:
     upstream = FakeOllama()

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from gatewayctl.proxy.app import create_app
 
-from tests.conftest import DEFAULT_USERS, Running, write_config
+from tests.conftest import Running
 from tests.fakes import FakeOllama, Recorded
-from tests.servers import serve_in_thread
 
 T = TypeVar("T")
 
@@ -24,20 +20,6 @@ MODEL = "llama3.2"
 EMBED_MODEL = "nomic-embed-text"
 WAIT = 5.0
 """Upper bound for anything a test waits on (events, polls): generous on a loaded machine."""
-
-
-@contextlib.contextmanager
-def fake_and_gateway(
-    directory: Path, users: dict[str, dict[str, Any]] | None = None
-) -> Iterator[tuple[FakeOllama, Running]]:
-    """A fake Ollama and a gateway in front of it, for a module-scoped fixture: tests that
-    change no state share them instead of paying two server starts each."""
-    fake = FakeOllama()
-    with serve_in_thread(fake.app) as upstream:
-        path = write_config(directory / "users.toml", upstream, users or DEFAULT_USERS)
-        app = create_app(path)
-        with serve_in_thread(app) as url:
-            yield fake, Running(url, path, app.state.gateway)
 
 
 def proxied(fake: FakeOllama) -> list[Recorded]:

@@ -10,25 +10,12 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import Running, StartGateway, key_of
+from tests.conftest import Running, Served, StartGateway, key_of
 from tests.fakes import REPLY_TEXT, REPLY_TOKENS, FakeOllama
-from tests.proxy_helpers import EMBED_MODEL, MODEL, fake_and_gateway, wait_for_rows
+from tests.proxy_helpers import EMBED_MODEL, MODEL, wait_for_rows
 from tests.servers import free_port
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
-Served = tuple[FakeOllama, Running]
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with fake_and_gateway(tmp_path_factory.mktemp("sdk")) as pair:
-        yield pair
-
-
-@pytest.fixture
-def served(shared: Served) -> Served:
-    shared[0].reset()
-    return shared
 
 
 def sdk(gw: Running, user: str = "alice", key: str | None = None) -> openai.OpenAI:

@@ -3,39 +3,22 @@ SQLite ledger, and that the totals (and the quotas they feed) survive a gateway 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from gatewayctl.proxy.usage import estimate_prompt_tokens
 
-from tests.conftest import Running, StartGateway
+from tests.conftest import Running, Served, StartGateway
 from tests.fakes import REPLY_TOKENS, FakeOllama
 from tests.proxy_helpers import (
     EMBED_MODEL,
     MODEL,
     chat_body,
-    fake_and_gateway,
     openai_error,
     stream_chunks,
     wait_for_request,
     wait_for_rows,
 )
-
-Served = tuple[FakeOllama, Running]
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with fake_and_gateway(tmp_path_factory.mktemp("accounting")) as pair:
-        yield pair
-
-
-@pytest.fixture
-def served(shared: Served) -> Served:
-    """The module's fake and gateway; each test finds its row by its response's x-request-id."""
-    shared[0].reset()
-    return shared
 
 
 def _row_usage(row: dict[str, Any]) -> tuple[int, int, int]:

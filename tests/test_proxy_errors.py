@@ -5,19 +5,17 @@ Every refusal must be OpenAI-shaped (so the openai SDK raises the right class) a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Running, StartGateway, key_of
+from tests.conftest import Running, Served, StartGateway, key_of
 from tests.fakes import FakeOllama
 from tests.proxy_helpers import (
     MODEL,
     WAIT,
     chat_body,
-    fake_and_gateway,
     ledger_rows,
     openai_error,
     proxied,
@@ -25,22 +23,6 @@ from tests.proxy_helpers import (
     wait_for_rows,
 )
 from tests.servers import free_port
-
-Served = tuple[FakeOllama, Running]
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with fake_and_gateway(tmp_path_factory.mktemp("errors")) as pair:
-        yield pair
-
-
-@pytest.fixture
-def served(shared: Served) -> Served:
-    """The module's fake and gateway, for tests that leave no state behind."""
-    shared[0].reset()
-    return shared
-
 
 # --------------------------------------------------------------------------- auth
 

@@ -13,12 +13,11 @@ from gatewayctl.proxy.accounts import set_limits
 from gatewayctl.proxy.store import Store
 from gatewayctl.proxy.usage import estimate_prompt_tokens
 
-from tests.conftest import Running, StartGateway
+from tests.conftest import Running, StartGateway, fake_and_gateway
 from tests.fakes import FakeOllama
 from tests.proxy_helpers import (
     WAIT,
     chat_body,
-    fake_and_gateway,
     openai_error,
     proxied,
     sse_data,

@@ -7,7 +7,6 @@ x-request-id of its response.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,12 +14,11 @@ import openai
 import pytest
 from gatewayctl.proxy.usage import estimate_prompt_tokens
 
-from tests.conftest import Running, StartGateway, key_of
+from tests.conftest import Served, StartGateway, key_of
 from tests.fakes import REPLY_TOKENS, FakeOllama
 from tests.proxy_helpers import (
     WAIT,
     chat_body,
-    fake_and_gateway,
     sse_data,
     stream_chunks,
     wait_for_request,
@@ -30,19 +28,6 @@ from tests.proxy_helpers import (
 SLOW = 0.15  # seconds per token: a 40-token reply takes 6 s to generate
 LONG = 40
 USERS: dict[str, dict[str, Any]] = {"alice": {}, "carol": {"quota": 1_000_000}}
-Served = tuple[FakeOllama, Running]
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with fake_and_gateway(tmp_path_factory.mktemp("streaming"), USERS) as pair:
-        yield pair
-
-
-@pytest.fixture
-def served(shared: Served) -> Served:
-    shared[0].reset()
-    return shared
 
 
 def _content(chunk: Any) -> str | None:
