@@ -111,8 +111,8 @@ class Config:
 
 
 _SERVER_FIELDS = {f.name: f for f in fields(ServerSettings)}
-_USER_FIELDS = {f.name for f in fields(User)} - {"name"}
-_UPSTREAM_FIELDS = {f.name for f in fields(UpstreamSettings)}
+_USER_FIELDS = frozenset(f.name for f in fields(User)) - {"name"}
+_UPSTREAM_FIELDS = frozenset(f.name for f in fields(UpstreamSettings))
 
 
 def _number(where: str, value: Any, *, integer: bool, minimum: float) -> float | int:

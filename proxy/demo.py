@@ -5,16 +5,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from gatewayctl.proxy.config import Config
 from gatewayctl.proxy.credentials import hash_api_key, verify_password
 
 # name -> (password, API key), as printed in the README.
-DEMO_USERS = {
-    "admin": ("admin123", "sk-admin-001"),
-    "alice": ("alice123", "sk-alice-123"),
-    "bob": ("bob123", "sk-bob-456"),
-    "charlie": ("char123", "sk-char-789"),
-}
+DEMO_USERS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "admin": ("admin123", "sk-admin-001"),
+        "alice": ("alice123", "sk-alice-123"),
+        "bob": ("bob123", "sk-bob-456"),
+        "charlie": ("char123", "sk-char-789"),
+    }
+)
 
 
 def demo_credentials_in(config: Config) -> list[str]:

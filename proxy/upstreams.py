@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("gatewayctl.upstreams")
-_PROBES = {"ollama": "/api/version", "openai": "/v1/models"}
+_PROBES: Mapping[str, str] = MappingProxyType({"ollama": "/api/version", "openai": "/v1/models"})
 PROBE_USER_AGENT = "gatewayctl-health"  # tells probes apart in the engine's logs
 
 
