@@ -79,6 +79,7 @@ class Store:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o600)  # the file holds password hashes
+            _keep_owner(tmp, target)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -89,3 +90,15 @@ class Store:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _keep_owner(tmp: str, target: Path) -> None:
+    """``sudo gatewayctl user ...`` must not hand users.toml to root: the gateway, running as
+    its own service user, could then no longer read it. Only root can (and needs to) chown."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = target.stat()
+    except FileNotFoundError:
+        return
+    os.chown(tmp, owner.st_uid, owner.st_gid)

@@ -179,3 +179,18 @@ def test_a_symlinked_users_toml_stays_a_symlink(tmp_path: Path) -> None:
     assert link.is_symlink()
     assert "alice" in load_config(target).users
     assert not [p.name for p in (tmp_path / "real").iterdir() if p.suffix == ".tmp"]
+
+
+def test_a_write_keeps_the_files_owner(tmp_path: Path) -> None:
+    """`sudo gatewayctl user ...` must leave users.toml to the service user that owns it."""
+    path = tmp_path / "users.toml"
+    store = seeded(path, ["root"])
+    # As root (CI, most servers) hand the file to another account first; otherwise the file is
+    # already someone's own and must stay so.
+    owner = (4242, 4243) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        os.chown(path, *owner)
+    store.update(lambda c: accounts.add_user(c, "alice"))
+    written = path.stat()
+    assert (written.st_uid, written.st_gid) == owner
+    assert "alice" in load_config(path).users
