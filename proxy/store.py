@@ -42,6 +42,7 @@ class Store:
         except OSError as exc:
             raise ConfigError(f"{self._lock_path}: cannot create lock file: {exc}") from None
         try:
+            _keep_owner_fd(fd, self.path)  # the web UI, as the service user, must open it too
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
@@ -92,13 +93,26 @@ class Store:
             os.close(dir_fd)
 
 
-def _keep_owner(tmp: str, target: Path) -> None:
-    """``sudo gatewayctl user ...`` must not hand users.toml to root: the gateway, running as
-    its own service user, could then no longer read it. Only root can (and needs to) chown."""
+def _owner(target: Path) -> tuple[int, int] | None:
+    """Whose users.toml this is, when we run as root and so could take it from them."""
     if os.geteuid() != 0:
-        return
+        return None
     try:
         owner = target.stat()
     except FileNotFoundError:
-        return
-    os.chown(tmp, owner.st_uid, owner.st_gid)
+        return None
+    return owner.st_uid, owner.st_gid
+
+
+def _keep_owner(tmp: str, target: Path) -> None:
+    """``sudo gatewayctl user ...`` must not hand users.toml to root: the gateway, running as
+    its own service user, could then no longer read it. Only root can (and needs to) chown."""
+    owner = _owner(target)
+    if owner is not None:
+        os.chown(tmp, *owner)
+
+
+def _keep_owner_fd(fd: int, target: Path) -> None:
+    owner = _owner(target)
+    if owner is not None:
+        os.fchown(fd, *owner)
