@@ -35,6 +35,7 @@ log = logging.getLogger("gatewayctl")
 class Gateway:
     def __init__(self, config_path: Path, *, upstream: str | None = None) -> None:
         self.config_path = config_path
+        self._applied_version = self._file_version()
         self.config: Config = load_config(config_path)  # refuse to start on a bad file
         self._upstream_override = upstream.rstrip("/") if upstream else None
         self.users_by_key: dict[str, User] = self.config.by_key_hash()
@@ -94,8 +95,23 @@ class Gateway:
             await self._client.aclose()
         await asyncio.to_thread(self.ledger.close)
 
+    def _file_version(self) -> bytes | None:
+        # The content, not the stat: inode numbers are reused and mtimes are coarse, so two
+        # quick writes can look alike by stat.
+        try:
+            return self.config_path.read_bytes()
+        except OSError:
+            return None
+
     def reload(self) -> None:
-        """Re-read users.toml; a bad file is reported once and the last good config stays."""
+        """Re-read users.toml; a bad file is reported once and the last good config stays.
+
+        The same file is applied once: the web UI reloads right after its own write, and the
+        watcher then reports that write again.
+        """
+        version = self._file_version()
+        if self.config_error is None and version is not None and version == self._applied_version:
+            return
         try:
             config = load_config(self.config_path)
             if self.config.users and not config.users:
@@ -109,6 +125,7 @@ class Gateway:
             self.metrics.reload_failures.inc()
         else:
             self.apply(config)
+            self._applied_version = version
             self.config_error = None
             self.reloads += 1
             self.metrics.reloads.inc()

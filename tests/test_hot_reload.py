@@ -13,9 +13,10 @@ import httpx
 import pytest
 from gatewayctl.proxy.accounts import add_user, remove_user, rotate_key, set_limits, set_suspended
 from gatewayctl.proxy.config import Config
+from gatewayctl.proxy.gateway import Gateway
 from gatewayctl.proxy.store import Store
 
-from tests.conftest import Running
+from tests.conftest import Running, write_config
 from tests.fakes import FakeOllama
 from tests.proxy_helpers import EMBED_MODEL, chat_body, wait_until
 
@@ -154,3 +155,17 @@ def test_deleted_file_keeps_the_last_good_config_until_it_is_back(gw: Running) -
         assert _embed(client).status_code == 200
     _write(gw.config_path, good)
     wait_until(lambda: gw.gateway.config_error is None or None)
+
+
+def test_the_same_file_is_applied_once(tmp_path: Path) -> None:
+    """The web UI reloads right after its own write and the watcher reports that write again:
+    the second look must not count (or cost) a reload."""
+    path = write_config(tmp_path / "users.toml", "http://127.0.0.1:9", {"root": {"role": "admin"}})
+    gateway = Gateway(path)
+    gateway.reload()
+    assert gateway.reloads == 0, "unchanged since start"
+    Store(path).update(lambda c: set_limits(c, "root", {"rps": 3.0}))
+    gateway.reload()
+    gateway.reload()
+    assert gateway.reloads == 1
+    assert gateway.config.users["root"].rps == 3.0
