@@ -57,7 +57,7 @@ class Store:
         with self._locked():
             current = self.load()
             new, result = change(current)
-            self._write(new)
+            self._write(new, header=self._header())
             return result
 
     def create(self, config: Config, *, overwrite: bool) -> None:
@@ -66,8 +66,19 @@ class Store:
                 raise ConfigError(f"{self.path} already exists (use --force to overwrite)")
             self._write(config)
 
-    def _write(self, config: Config) -> None:
-        text = config_to_toml(config)
+    def _header(self) -> str:
+        """The comment block at the top of the file, which a rewrite keeps (other comments
+        are lost: the file is rewritten from the data)."""
+        lines = []
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+                if not line.startswith("#"):
+                    break
+                lines.append(line)
+        return "".join(lines)
+
+    def _write(self, config: Config, *, header: str = "") -> None:
+        text = header + config_to_toml(config)
         parse_config_text(text)  # never write a file the proxy would reject
         # Replace the file a symlink points to, not the link: replacing the link would leave
         # the real file stale (and rename across directories).

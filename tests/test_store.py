@@ -194,3 +194,13 @@ def test_a_write_keeps_the_files_owner(tmp_path: Path) -> None:
     for written in (path.stat(), path.with_name("users.toml.lock").stat()):
         assert (written.st_uid, written.st_gid) == owner
     assert "alice" in load_config(path).users
+
+
+def test_a_write_keeps_the_comment_block_at_the_top(tmp_path: Path) -> None:
+    path = tmp_path / "users.toml"
+    seeded(path, ["root"])
+    path.write_text("# our lab's gateway\n# edit with gatewayctl\n" + path.read_text())
+    Store(path).update(lambda c: accounts.add_user(c, "alice"))
+    text = path.read_text()
+    assert text.startswith("# our lab's gateway\n# edit with gatewayctl\n[")
+    assert "alice" in load_config(path).users
