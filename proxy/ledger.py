@@ -90,6 +90,16 @@ _AWAITED = ("reserve", "flush")
 # threshold), and every _CHECKPOINT_IDLE_S anyway.
 _CHECKPOINT_AFTER = 200
 _CHECKPOINT_IDLE_S = 1.0
+_MAX_INT = 2**63 - 1  # SQLite's INTEGER
+
+
+def _text(value: str) -> str:
+    # A lone surrogate (JSON allows "\\ud800") cannot be stored as UTF-8: keep the rest.
+    return value.encode("utf-8", "replace").decode()
+
+
+def _int(value: int) -> int:
+    return max(-_MAX_INT, min(_MAX_INT, value))
 
 
 class LedgerError(RuntimeError):
@@ -247,7 +257,7 @@ class Ledger:
         import asyncio
 
         reservation = next(self._ids)
-        row = (reservation, time.time(), user, model, endpoint, tokens, request_id)
+        row = (reservation, time.time(), user, _text(model), endpoint, _int(tokens), request_id)
         if not (self._in_flight == 0 and self._reserve_now(row)):
             done = asyncio.get_running_loop().create_future()
             self._queue.put(("reserve", row, done))
@@ -347,7 +357,9 @@ class Ledger:
                     self._reserved_since_checkpoint = 0
                     with conn:
                         batch.write(conn)
-            except sqlite3.Error as exc:  # disk full, file removed: say so, keep serving
+            # Disk full, file removed, a value SQLite cannot bind: say so, keep serving (a
+            # writer thread that died would leave every later reservation waiting forever).
+            except (sqlite3.Error, ValueError, OverflowError) as exc:
                 _log_failure(self.path, exc)
                 error = exc
             batch.resolve(error)
@@ -426,10 +438,10 @@ class _Batch:
                 (
                     rec.ts,
                     rec.user,
-                    rec.model,
+                    _text(rec.model),
                     rec.endpoint,
-                    rec.prompt_tokens,
-                    rec.completion_tokens,
+                    _int(rec.prompt_tokens),
+                    _int(rec.completion_tokens),
                     int(rec.estimated),
                     rec.status,
                     rec.outcome,
@@ -442,8 +454,8 @@ class _Batch:
             if totals is None:
                 totals = self.totals[rec.user] = [0, 0, 0]
             totals[0] += 1
-            totals[1] += rec.prompt_tokens
-            totals[2] += rec.completion_tokens
+            totals[1] = _int(totals[1] + rec.prompt_tokens)
+            totals[2] = _int(totals[2] + rec.completion_tokens)
             if extra is not None:
                 self.released.append((extra,))
         elif kind == "unreserve":

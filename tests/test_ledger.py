@@ -264,3 +264,18 @@ def test_a_second_gateway_cannot_open_a_ledger_in_use(db: Path) -> None:
     again = Ledger(db)  # released on close
     again.open()
     again.close()
+
+
+async def test_a_row_sqlite_cannot_store_does_not_stop_the_writer(ledger: Ledger, db: Path) -> None:
+    # A lone surrogate cannot be encoded to UTF-8 and an int past 64 bits cannot be bound:
+    # neither is a sqlite3.Error, and the writer thread must outlive both.
+    ledger.record(usage("alice", 1, 1, model="\ud800"))
+    await asyncio.wait_for(ledger.flush(), 10)
+    ledger.record(usage("alice", 2**70, 1))
+    await asyncio.wait_for(ledger.flush(), 10)
+    await asyncio.wait_for(
+        ledger.reserve("alice", 5, model="m", endpoint="chat", request_id="r"), 10
+    )
+    ledger.record(usage("bob", 1, 1))
+    await asyncio.wait_for(ledger.flush(), 10)
+    assert read_totals(db)["bob"] == Totals(1, 1, 1)
