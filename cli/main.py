@@ -21,6 +21,7 @@ from gatewayctl.proxy.config import (
     DEFAULT_UPSTREAM,
     Config,
     ServerSettings,
+    User,
     ledger_path,
     load_config,
     parse_config,
@@ -183,14 +184,18 @@ def check(config: ConfigOption = DEFAULT_CONFIG) -> None:
 def usage(
     name: Annotated[str | None, typer.Argument(help="Only this user.")] = None,
     as_json: JsonOption = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also users removed from users.toml but in the ledger.")
+    ] = False,
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Requests and tokens per user, against their quota."""
     loaded = load_config(config)
     totals = read_totals(ledger_path(loaded, Path(config)))
-    selected = (
-        [accounts.get_user(loaded, name)] if name else [u for _, u in sorted(loaded.users.items())]
-    )
+    users = dict(loaded.users)
+    if show_all:  # a removed user keeps their history; shown without limits
+        users.update({n: User(name=n) for n in totals if n not in users})
+    selected = [accounts.get_user(loaded, name)] if name else [u for _, u in sorted(users.items())]
     rows: list[dict[str, Any]] = [
         accounts.usage_view(u, totals.get(u.name, Totals())) for u in selected
     ]

@@ -288,6 +288,18 @@ def test_usage_reads_the_ledger(cfg: Init) -> None:
     assert table[1].split() == ["admin", "0", "0", "0", "0", "-", "-"]
 
 
+def test_usage_all_shows_removed_users_history(cfg: Init) -> None:
+    ok("user", "add", "alice", "-c", cfg.path)
+    fill_ledger(cfg.path.parent / "usage.db", [("alice", 3, 4), ("gone", 1, 2)])
+    assert [r["user"] for r in json.loads(ok("usage", "--json", "-c", cfg.path))] == [
+        "admin",
+        "alice",
+    ]
+    rows = json.loads(ok("usage", "--all", "--json", "-c", cfg.path))
+    assert [r["user"] for r in rows] == ["admin", "alice", "gone"]
+    assert rows[2]["total_tokens"] == 3 and rows[2]["quota"] is None
+
+
 def test_usage_without_a_ledger_is_zero_and_a_corrupt_one_is_an_error(cfg: Init) -> None:
     rows = json.loads(ok("usage", "--json", "-c", cfg.path))
     assert rows[0]["requests"] == 0
