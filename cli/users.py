@@ -208,19 +208,18 @@ def user_rotate_key(name: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
 def user_passwd(
     name: str,
     password: Annotated[
-        str,
-        typer.Option(
-            "--password",
-            prompt=True,
-            hide_input=True,
-            confirmation_prompt=True,
-            help="The new password (asked for when not given).",
-        ),
-    ],
+        str | None,
+        typer.Option("--password", help="The new password (asked for when not given)."),
+    ] = None,
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Set the user's web UI password."""
-    Store(config).update(lambda c: accounts.set_password(c, name, password))
+    store = Store(config)
+    accounts.get_user(store.load(), name)  # an unknown user is told before being asked twice
+    if password is None:
+        password = str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+    new_password = password
+    store.update(lambda c: accounts.set_password(c, name, new_password))
     typer.echo(f"{name}: password changed")
 
 
