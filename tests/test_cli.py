@@ -489,3 +489,10 @@ def test_console_script_serve_proceeds_with_the_flag(demo: Path, busy_port: int)
     assert "address already in use" in proc.stderr
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
+
+
+def test_passwd_of_an_unknown_user_fails_before_asking(cfg: Init) -> None:
+    result = run("user", "passwd", "nobody", "-c", cfg.path, input="pw-123456\npw-123456\n")
+    assert result.exit_code == 1
+    assert "Password" not in result.output, "no prompt for a user that does not exist"
+    assert result.stderr == "error: no such user: 'nobody'\n"
