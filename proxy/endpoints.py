@@ -61,6 +61,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.") from None
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object.")
     return payload
@@ -314,8 +316,18 @@ def _named_model(scope: Scope, body: bytes) -> str | None:
     if model is None and body:
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
         if isinstance(payload, dict):
             model = payload.get("model") or payload.get("name")
-    return model if isinstance(model, str) and model else None
+    return model if isinstance(model, str) and model and storable(model) else None
+
+
+def storable(text: str) -> bool:
+    """False for a string with a lone surrogate (legal in JSON as ``\\ud800``): it can be
+    neither stored in the ledger nor exported as a metric label."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gatewayctl.proxy.endpoints import Plan
+from gatewayctl.proxy.endpoints import Plan, storable
 from gatewayctl.proxy.errors import BadRequest
 from gatewayctl.proxy.usage import estimate_prompt_tokens
 
@@ -23,6 +23,8 @@ def required_model(payload: dict[str, Any]) -> str:
     model = typed_field(payload, "model", (str,), "a string")
     if not model:
         raise BadRequest("You must provide a model parameter.", param="model")
+    if not storable(model):
+        raise BadRequest("Invalid 'model': not a valid Unicode string.", param="model")
     return str(model)
 
 

@@ -108,6 +108,9 @@ def test_client_key_never_reaches_upstream_and_upstream_gets_its_own_host(
         (b'{"model": 7, "messages": []}', "model"),
         (b'{"model": "llama3.2"}', "messages"),
         (b'{"model": "llama3.2", "messages": "hi"}', "messages"),
+        # A lone surrogate is legal JSON but no name: it cannot even be stored in the ledger.
+        (b'{"model": "llama\\ud800", "messages": []}', "model"),
+        (b'{"model": "llama3.2", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
     ],
 )
 def test_bad_chat_request_is_400(served: Served, content: bytes, param: str | None) -> None:
@@ -139,6 +142,28 @@ def test_bad_completion_and_embedding_requests_are_400(
     with served[1].client() as client:
         response = client.post(path, json=body)
     assert openai_error(response, 400)["param"] == param
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        ("POST", "/api/chat", b'{"model": "llama\\ud800"}'),
+        ("POST", "/api/generate", b'{"model": "llama\\ud800", "prompt": "hi"}'),
+        ("POST", "/api/embed", b'{"model": "llama\\ud800", "input": "hi"}'),
+        ("POST", "/api/chat", b'{"model": "llama3.2", "messages": ' + DEEP + b"}"),
+        ("POST", "/api/show", b'{"model": ' + DEEP + b"}"),
+    ],
+)
+def test_unstorable_model_or_too_deep_json_is_400_on_api(
+    served: Served, method: str, path: str, content: bytes
+) -> None:
+    with served[1].client() as client:
+        response = client.request(method, path, content=content)
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}
 
 
 def test_unknown_route_is_404_json(served: Served) -> None:
