@@ -24,6 +24,7 @@ UPSTREAM_KINDS: tuple[UpstreamKind, ...] = ("ollama", "openai")
 # \Z, not $: "$" also matches before a trailing newline, which would let "bob\n" in.
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
+MAX_INTEGER = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -121,6 +122,10 @@ def _number(where: str, value: Any, *, integer: bool, minimum: float) -> float |
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{where}: must be {kind}, got {value!r}")
     number: float | int = value
+    if isinstance(number, int) and number > MAX_INTEGER:
+        # What SQLite can store (quotas and reservations end up there); bigger ones would also
+        # overflow the float conversion below.
+        raise ConfigError(f"{where}: must be <= {MAX_INTEGER}")
     if not math.isfinite(number):  # TOML has nan and inf; no limit or timeout means either
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if number < minimum:
@@ -279,6 +284,8 @@ def parse_config_text(text: str) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
         raise ConfigError(f"invalid TOML: {exc}") from None
     return parse_config(data)
 

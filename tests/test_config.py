@@ -46,6 +46,12 @@ INVALID = {
     "quota string": (user_toml(quota='"10"'), "[users.a].quota: must be an integer"),
     "quota float": (user_toml(quota="10.0"), "[users.a].quota: must be an integer"),
     "max_tokens zero": (user_toml(max_tokens="0"), "[users.a].max_tokens: must be >= 1"),
+    # SQLite stores 64-bit integers; a float conversion overflows long before 400 digits.
+    "quota past 64 bits": (user_toml(quota="9" * 20), "[users.a].quota: must be <= "),
+    "quota 400 digits": (user_toml(quota="9" * 400), "[users.a].quota: must be <= "),
+    "rps 400 digits": (user_toml(rps="9" * 400), "[users.a].rps: must be <= "),
+    "quota 5000 digits": (user_toml(quota="9" * 5000), "invalid TOML: Exceeds the limit"),
+    "max_queue 400 digits": ("[server]\nmax_queue = " + "9" * 400 + "\n", "[server].max_queue"),
     "bad role": ('[users.a]\nrole = "root"\n', "[users.a].role: must be 'admin' or 'user'"),
     "suspended string": (user_toml(suspended='"yes"'), "[users.a].suspended: must be true"),
     "key_hash no scheme": (user_toml(key_hash='"abc"'), "[users.a].key_hash: must be a hash"),

@@ -241,6 +241,8 @@ def test_editing_limits_writes_users_toml_and_reports_field_errors(gw: Running) 
         ({"burst": "lots"}, "burst", "whole number"),
         ({"max_tokens": "0"}, "max_tokens", ">= 1"),
         ({"models": "bad pattern"}, "models", "not a model name pattern"),
+        ({"quota": 10**30}, "quota", "must be <= "),
+        ({"rps": 10**400}, "rps", "must be <= "),
     ):
         refused = client.send_json("PATCH", "/ui/api/admin/users/alice", body)
         assert refused.status_code == 400, body
