@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from gatewayctl.proxy import ollama_api
+from gatewayctl.proxy.asgi import Receive, Scope, Send
 from gatewayctl.proxy.dialect import OLLAMA, OPENAI
 from gatewayctl.proxy.endpoints import PassthroughEndpoint, Planner, ProxyEndpoint
 from gatewayctl.proxy.errors import BadRequest, GatewayError, NotFound
@@ -27,6 +28,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 
 def openai_routes(gateway: Gateway) -> list[BaseRoute]:
@@ -77,6 +79,41 @@ def ops_routes(gateway: Gateway) -> list[BaseRoute]:
     ]
 
 
+class ExactRoutes:
+    """Sends a request for a proxy route (a fixed path) straight to its endpoint.
+
+    Starlette's router tries every route's regex in turn and its exception middleware wraps
+    every send: on the paths that carry the traffic that was about a tenth of a request's CPU
+    and an extra coroutine per streamed chunk. The route is put in the scope as the router
+    would (the access log and metrics label by it); any other path or method, and a mounted
+    root path, go the usual way (a wrong method still gets the router's 405)."""
+
+    def __init__(self, app: ASGIApp, routes: Mapping[str, Route]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] not in (route.methods or ()) or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = {}
+        await route.app(scope, receive, send)
+
+
+def exact_proxy_routes(routes: list[BaseRoute]) -> dict[str, Route]:
+    """The proxy routes, by path: the ones ExactRoutes may take (none has a path parameter)."""
+    return {
+        route.path: route
+        for route in routes
+        if isinstance(route, Route)
+        and isinstance(route.endpoint, ProxyEndpoint)
+        and not route.param_convertors
+    }
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown routes and wrong methods answer in the dialect of their prefix, not in HTML."""
     assert isinstance(exc, HTTPException)
@@ -103,15 +140,19 @@ def create_app(config_path: Path, *, upstream: str | None = None) -> Starlette:
         finally:
             await gateway.stop()
 
+    routes = [
+        *openai_routes(gateway),
+        *ollama_routes(gateway),
+        *ops_routes(gateway),
+        *webui_routes(gateway),
+    ]
     app = Starlette(
-        routes=[
-            *openai_routes(gateway),
-            *ollama_routes(gateway),
-            *ops_routes(gateway),
-            *webui_routes(gateway),
-        ],
+        routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(Observer, metrics=gateway.metrics)],
+        middleware=[
+            Middleware(Observer, metrics=gateway.metrics),
+            Middleware(ExactRoutes, routes=exact_proxy_routes(routes)),
+        ],
         exception_handlers={HTTPException: _http_error},
     )
     app.state.gateway = gateway
