@@ -88,6 +88,10 @@ def _password_hash(password: str) -> str:
     """The one password rule, for new users and changed passwords alike."""
     if len(password) < 6:
         raise AccountError("password too short (at least 6 characters)")
+    try:
+        password.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON allows ("\\ud800")
+        raise AccountError("password is not valid Unicode text") from None
     return hash_password(password)
 
 

@@ -472,3 +472,20 @@ def test_state_shows_an_upstream_that_is_down(start_gateway: StartGateway) -> No
         assert wait_until(lambda: upstream()["healthy"] is False)
         assert upstream()["url"] == "http://127.0.0.1:9"
         assert "ConnectError" in upstream()["detail"]
+
+
+def test_password_that_is_not_valid_unicode_is_a_field_error(gw: Running) -> None:
+    admin = logged_in(gw.url, "root")
+    bad = b'{"name": "zed", "password": "' + b"\\ud800" * 8 + b'"}'
+    headers = {"x-csrf-token": admin.csrf, "content-type": "application/json"}
+    added = admin.post("/ui/api/admin/users", content=bad, headers=headers)
+    assert added.status_code == 400, added.text
+    assert added.json()["error"]["param"] == "password"
+    reset = admin.post(
+        "/ui/api/admin/users/alice/password",
+        content=b'{"password": "' + b"\\ud800" * 8 + b'"}',
+        headers=headers,
+    )
+    assert reset.status_code == 400, reset.text
+    assert reset.json()["error"]["param"] == "password"
+    assert "zed" not in tomllib.loads(gw.config_path.read_text())["users"]

@@ -132,8 +132,13 @@ class AdminApi:
                 lambda c: accounts.add_user(c, name, role=role, password=password, limits=limits)
             )
         except accounts.AccountError as exc:
-            about_name = str(exc).startswith(("invalid user name", "user "))
-            raise field_error("name" if about_name else None, str(exc)) from None
+            message = str(exc)
+            field = None
+            if message.startswith(("invalid user name", "user ")):
+                field = "name"
+            elif message.startswith("password"):
+                field = "password"
+            raise field_error(field, message) from None
         return ok({"user": self._view(name), "key": key}, 201)
 
     async def update(self, request: Request) -> Response:
