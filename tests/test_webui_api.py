@@ -489,3 +489,13 @@ def test_password_that_is_not_valid_unicode_is_a_field_error(gw: Running) -> Non
     assert reset.status_code == 400, reset.text
     assert reset.json()["error"]["param"] == "password"
     assert "zed" not in tomllib.loads(gw.config_path.read_text())["users"]
+
+
+def test_json_nested_too_deeply_is_400(gw: Running) -> None:
+    admin = logged_in(gw.url, "root")
+    deep = b"[" * 30_000 + b"]" * 30_000  # under the 64 KiB body limit
+    headers = {"x-csrf-token": admin.csrf, "content-type": "application/json"}
+    for path in ("/ui/api/admin/users", "/ui/api/login"):
+        response = admin.post(path, content=deep, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["type"] == "invalid_request_error"

@@ -52,6 +52,8 @@ async def json_body(request: Request) -> dict[str, Any]:
         payload = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("The request body is not valid JSON.") from None
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.") from None
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object.")
     return payload
