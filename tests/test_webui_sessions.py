@@ -66,6 +66,19 @@ def test_revoked_sessions_stay_revoked_and_are_forgotten_after_expiry() -> None:
     assert session.sid not in sessions._revoked
 
 
+def test_logging_out_anonymous_sessions_keeps_nothing() -> None:
+    # Anyone can get an anonymous session and log it out, as often as they like: remembering
+    # each one for the session lifetime would let any visitor grow the gateway's memory.
+    sessions = Sessions(b"k" * 32)
+    for _ in range(1000):
+        _, session = sessions.issue()
+        sessions.revoke(session)
+    assert sessions._revoked == {}
+    cookie, session = sessions.issue(alice())
+    sessions.revoke(session)
+    assert sessions.read(cookie) is None
+
+
 def test_csrf_token_belongs_to_one_session() -> None:
     sessions = Sessions(b"k" * 32)
     _, one = sessions.issue()

@@ -155,6 +155,10 @@ class Sessions:
         return bool(token) and hmac.compare_digest(self.csrf_token(session), token or "")
 
     def revoke(self, session: Session) -> None:
+        if session.anonymous:
+            # Nothing to take away (a new anonymous session is free for the asking), and anyone
+            # could otherwise fill this dict with a GET and a logout per entry.
+            return
         now = self._clock()
         for sid, expires in list(self._revoked.items()):
             if expires <= now:
