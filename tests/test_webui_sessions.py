@@ -62,7 +62,7 @@ def test_revoked_sessions_stay_revoked_and_are_forgotten_after_expiry() -> None:
     sessions.revoke(session)
     assert sessions.read(cookie) is None
     clock.now += 61
-    sessions.revoke(sessions.issue()[1])  # revoking prunes what expired
+    sessions.revoke(sessions.issue(alice())[1])  # revoking prunes what expired
     assert session.sid not in sessions._revoked
 
 
