@@ -23,6 +23,10 @@ _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 UNKNOWN = "-"  # label value when the user or model is not known (refused before auth, ...)
+# Model names come from clients, and some engines (llama.cpp's server) answer 200 whatever the
+# name: past this many distinct names, new ones share one label value so the series stay bounded.
+MAX_MODEL_LABELS = 200
+OTHER_MODEL = "(other)"
 
 
 M = TypeVar("M", Counter, Histogram)
@@ -113,23 +117,33 @@ class Metrics:
         self._tokens = _Children(self.tokens)
         self._ttft = _Children(self.ttft)
 
+        self._models: set[str] = set()
+
+    def _model(self, model: str) -> str:
+        if model not in self._models:
+            if len(self._models) >= MAX_MODEL_LABELS:
+                return OTHER_MODEL
+            self._models.add(model)
+        return model
+
     def add_gauges(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self.registry.register(_Gauges(collect))
 
     def answered(self, user: str, model: str, route: str, status: int, seconds: float) -> None:
-        self._requests(user, model, route, str(status)).inc()
+        self._requests(user, self._model(model), route, str(status)).inc()
         self._latency(route).observe(seconds)
 
     def rejected(self, user: str, reason: str) -> None:
         self.rejections.labels(user, reason).inc()
 
     def settled(self, record: UsageRecord) -> None:
+        model = self._model(record.model)
         if record.prompt_tokens:
-            self._tokens(record.user, record.model, "prompt").inc(record.prompt_tokens)
+            self._tokens(record.user, model, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
-            self._tokens(record.user, record.model, "completion").inc(record.completion_tokens)
+            self._tokens(record.user, model, "completion").inc(record.completion_tokens)
         if record.ttft_ms is not None and record.status == 200:
-            self._ttft(record.model).observe(record.ttft_ms / 1000)
+            self._ttft(model).observe(record.ttft_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

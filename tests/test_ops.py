@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from gatewayctl.proxy.app import create_app
+from gatewayctl.proxy.ledger import UsageRecord
+from gatewayctl.proxy.metrics import MAX_MODEL_LABELS, Metrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
@@ -288,3 +290,22 @@ def test_the_metric_families_and_their_types(gw: Running) -> None:
     assert families["gatewayctl_config_reloads"] == "counter"
     assert families["gatewayctl_rejections"] == "counter"
     assert families["gatewayctl_tokens"] == "counter"
+
+
+def test_model_names_made_up_by_clients_cannot_grow_the_metrics_without_bound() -> None:
+    # An OpenAI-compatible engine such as llama.cpp's server answers 200 to any model name, so
+    # a status check alone cannot tell a real model from an invented one.
+    metrics = Metrics()
+    for i in range(MAX_MODEL_LABELS * 3):
+        model = f"made-up-{i}"
+        metrics.answered("alice", model, "/v1/chat/completions", 200, 0.01)
+        metrics.settled(
+            UsageRecord(0.0, "alice", model, "chat", 3, 4, False, 200, "ok", 10.0, 5.0, "r")
+        )
+    models: set[str] = set()
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if "model" in sample.labels:
+                models.add(sample.labels["model"])
+    assert len(models) <= MAX_MODEL_LABELS + 1
+    assert "made-up-0" in models  # the first ones keep their own series
