@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from gatewayctl.proxy.asgi import Headers
 from gatewayctl.proxy.config import User
-from gatewayctl.proxy.errors import QuotaExhausted, RateLimited
+from gatewayctl.proxy.errors import LedgerUnavailable, QuotaExhausted, RateLimited
 from gatewayctl.proxy.forward import Outcome
 from gatewayctl.proxy.gateway import Gateway
-from gatewayctl.proxy.ledger import UsageRecord
+from gatewayctl.proxy.ledger import LedgerError, UsageRecord
 from gatewayctl.proxy.limits import rate_headers
 from gatewayctl.proxy.models import ensure_model_allowed
 
@@ -100,8 +100,12 @@ async def admit(
         ticket.reservation = await gateway.ledger.reserve(
             user.name, ticket.reserved, model=model, endpoint=endpoint, request_id=request_id
         )
-    except BaseException:
+    except BaseException as exc:
         gateway.quotas.release(user.name, ticket.reserved)
+        if isinstance(exc, LedgerError):  # disk full, file removed: already logged
+            raise LedgerUnavailable(
+                "The gateway cannot record usage right now; try again later."
+            ) from None
         raise
     return ticket
 

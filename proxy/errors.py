@@ -12,7 +12,8 @@
     │   └── ServerBusy              429 server_busy (upstream queue full, or waited too long)
     ├── UpstreamUnavailable         502 (connection refused, reset, bad answer)
     │   └── UpstreamConnectFailed   502, no connection was made: another upstream may be tried
-    └── UpstreamTimeout             504
+    ├── UpstreamTimeout             504
+    └── LedgerUnavailable           503 (the usage ledger cannot record a quota reservation)
 
 The same error renders OpenAI-shaped on /v1 (``{"error": {"message", "type", "param",
 "code"}}``) and Ollama-shaped on /api (``{"error": "message"}``), with the same status.
@@ -127,3 +128,11 @@ class UpstreamTimeout(GatewayError):
     status = 504
     type = "api_error"
     code = "upstream_timeout"
+
+
+class LedgerUnavailable(GatewayError):
+    """A quota cannot be enforced without its reservation on disk: refuse rather than guess."""
+
+    status = 503
+    type = "api_error"
+    code = "ledger_unavailable"

@@ -3,6 +3,7 @@ SQLite ledger, and that the totals (and the quotas they feed) survive a gateway 
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import pytest
@@ -174,3 +175,21 @@ def test_totals_and_quota_survive_a_restart(
         rows = wait_for_rows(second, "alice", 2)
         assert rows[1]["completion_tokens"] == left
         assert second.gateway.ledger.recovered == 0
+
+
+def test_a_ledger_that_cannot_take_the_reservation_refuses_with_503(
+    fake: tuple[FakeOllama, str], start_gateway: StartGateway
+) -> None:
+    with start_gateway(fake[1], {"alice": {"quota": 1000}}) as gw:
+        conn = sqlite3.connect(gw.gateway.ledger.path)
+        conn.execute("DROP TABLE reservations")  # what a full or broken disk looks like
+        conn.commit()
+        conn.close()
+        with gw.client("alice") as client:
+            response = client.post(
+                "/v1/chat/completions",
+                json={"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]},
+            )
+    error = openai_error(response, 503)
+    assert error["code"] == "ledger_unavailable"
+    assert fake[0].requests_to("/v1/chat/completions") == []
