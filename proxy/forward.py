@@ -22,6 +22,7 @@ from gatewayctl.proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gatewayctl.proxy.http1 import READ_CHUNK, ReadChunk
 from gatewayctl.proxy.usage import NdjsonScanner, SseScanner, Usage
 
 _STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
@@ -46,6 +47,16 @@ def upstream_error(exc: httpx.HTTPError, upstream: str) -> GatewayError:
         return UpstreamTimeout(f"the upstream {upstream} did not answer in time")
     kind = UpstreamConnectFailed if unconnected else UpstreamUnavailable
     return kind(f"the upstream {upstream} is unreachable: {type(exc).__name__}")
+
+
+def _chunk_reader(response: httpx.Response) -> ReadChunk:
+    """The response body's next raw chunk (b"" at its end), straight from our transport when
+    it is the one, else through httpx's ``aiter_raw``."""
+    read: ReadChunk | None = response.extensions.get(READ_CHUNK)
+    if read is not None:
+        return read
+    chunks = response.aiter_raw()
+    return lambda: anext(chunks, b"")
 
 
 class Relay:
@@ -145,8 +156,9 @@ class Relay:
                 ],
             }
         )
+        read = _chunk_reader(response)
         try:
-            async for chunk in response.aiter_raw():
+            while chunk := await read():
                 out = scanner.feed(chunk)
                 if out:
                     if self.result.ttft is None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httptools
@@ -37,6 +38,11 @@ _LOW_WATER = 1 << 18
 _NO_BODY_STATUS = (204, 304)
 
 Origin = tuple[bytes, bytes, int]  # scheme, host, port
+# A response's extension holding ``() -> next body chunk`` (b"" at the end), valid until the
+# response is closed: a relay reads the body through it instead of through httpx's
+# ``aiter_raw`` and its three nested async generators (0.7 -> 0.25 us a buffered chunk).
+READ_CHUNK = "gatewayctl.read_chunk"
+ReadChunk = Callable[[], Awaitable[bytes]]
 
 
 def _timeout(extensions: dict[str, Any], name: str) -> float | None:
@@ -316,7 +322,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
             headers=conn.headers,
             stream=_Body(self, conn, read_timeout),
             request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": conn.reason,
+                READ_CHUNK: functools.partial(conn.receive, read_timeout),
+            },
         )
 
     async def _acquire(self, origin: Origin, extensions: dict[str, Any]) -> _Connection:
