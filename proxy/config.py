@@ -287,6 +287,8 @@ def parse_config_text(text: str) -> Config:
         raise ConfigError(f"invalid TOML: {exc}") from None
     except ValueError as exc:  # an integer of more than 4300 digits
         raise ConfigError(f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError("invalid TOML: nested too deeply") from None
     return parse_config(data)
 
 

@@ -51,6 +51,10 @@ INVALID = {
     "quota 400 digits": (user_toml(quota="9" * 400), "[users.a].quota: must be <= "),
     "rps 400 digits": (user_toml(rps="9" * 400), "[users.a].rps: must be <= "),
     "quota 5000 digits": (user_toml(quota="9" * 5000), "invalid TOML: Exceeds the limit"),
+    "arrays nested too deeply": (
+        user_toml(models="[" * 5000 + "]" * 5000),
+        "invalid TOML: nested too deeply",
+    ),
     "max_queue 400 digits": ("[server]\nmax_queue = " + "9" * 400 + "\n", "[server].max_queue"),
     "bad role": ('[users.a]\nrole = "root"\n', "[users.a].role: must be 'admin' or 'user'"),
     "suspended string": (user_toml(suspended='"yes"'), "[users.a].suspended: must be true"),
