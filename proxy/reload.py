@@ -8,10 +8,13 @@ is cut from its 1.6 s default so a change is applied well within a second.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from watchfiles import Change, awatch
+
+log = logging.getLogger("gatewayctl")
 
 
 async def watch_file(target: Path, on_change: Callable[[], None], stop: asyncio.Event) -> None:
@@ -28,4 +31,8 @@ async def watch_file(target: Path, on_change: Callable[[], None], stop: asyncio.
         stop_event=stop,
         recursive=False,
     ):
-        on_change()
+        try:
+            on_change()
+        except Exception:
+            # One failed reload must not end hot reload for the life of the process.
+            log.exception("reloading %s failed; still watching it", target)

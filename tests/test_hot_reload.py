@@ -3,6 +3,7 @@ Store are enforced within a second, and a broken file never replaces the last go
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 from gatewayctl.proxy.accounts import add_user, remove_user, rotate_key, set_limits, set_suspended
 from gatewayctl.proxy.config import Config
 from gatewayctl.proxy.gateway import Gateway
+from gatewayctl.proxy.reload import watch_file
 from gatewayctl.proxy.store import Store
 
 from tests.conftest import Running, write_config
@@ -169,3 +171,28 @@ def test_the_same_file_is_applied_once(tmp_path: Path) -> None:
     gateway.reload()
     assert gateway.reloads == 1
     assert gateway.config.users["root"].rps == 3.0
+
+
+async def test_the_watcher_outlives_a_reload_that_raises(tmp_path: Path) -> None:
+    target = tmp_path / "users.toml"
+    target.write_text("# 0\n")
+    calls: list[int] = []
+
+    def on_change() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in reload")
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_file(target.resolve(), on_change, stop))
+    try:
+        for wanted in (1, 2):  # write until the watcher (started at some point) reports it
+            deadline = time.monotonic() + 10
+            while len(calls) < wanted and time.monotonic() < deadline and not watcher.done():
+                target.write_text(f"# {time.monotonic()}\n")
+                await asyncio.sleep(0.1)
+        assert not watcher.done(), watcher.exception()
+        assert len(calls) >= 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 10)
