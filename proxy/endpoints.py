@@ -194,7 +194,7 @@ class ProxyEndpoint(_Endpoint):
                 body = await read_body(receive, gateway.config.server.max_body_bytes)
                 user = self._authenticate(scope)
                 rate = check_rate(gateway, user)
-                plan = self.planner(parse_json_object(body))
+                plan = self._plan(body)
                 info.model = plan.model
                 slot = gateway.scheduler.enter(user)
                 ticket = await admit(
@@ -223,6 +223,12 @@ class ProxyEndpoint(_Endpoint):
         finally:
             if slot is not None:
                 slot.release()  # whatever happened above, and only once
+
+    def _plan(self, body: bytes) -> Plan:
+        try:
+            return self.planner(parse_json_object(body))
+        except RecursionError:  # the prompt estimate walks nested content recursively
+            raise BadRequest("The request body is nested too deeply.") from None
 
     async def _forward(
         self,

@@ -127,7 +127,7 @@ JSON = st.recursive(
     max_leaves=12,
 )
 # Python's json refuses nesting deeper than its recursion limit (about 1000) with RecursionError.
-NESTED = st.sampled_from([10, 900, 990, 2_000, 30_000]).map(lambda n: "[" * n + "]" * n)
+NESTED = st.sampled_from([10, 880, 900, 990, 2_000, 30_000]).map(lambda n: "[" * n + "]" * n)
 
 
 def encode(value: Any) -> bytes:
@@ -166,6 +166,7 @@ def bodies() -> st.SearchStrategy[bytes]:
         changed.map(lambda fields: encode({k: v for k, v in BASE.items() if k not in fields})),
         JSON.map(encode),
         NESTED.map(lambda s: f'{{"model": "llama3.2", "messages": {s}}}'.encode()),
+        NESTED.map(lambda s: f'{{"model": "llama3.2", "messages": [{{"content": {s}}}]}}'.encode()),
         NESTED.map(str.encode),
         st.binary(max_size=64),
         st.sampled_from([b"", b"\xff\xfe", b"9" * 5000, b"1e999", b"{" * 50, b"null"]),
