@@ -114,7 +114,10 @@ def settle(gateway: Gateway, ticket: Ticket, outcome: Outcome) -> UsageRecord:
     """Charge what the request really used and drop its reservation."""
     usage = outcome.usage
     if usage is not None:
-        prompt, completion, estimated = usage.prompt_tokens, usage.completion_tokens, False
+        # An engine's numbers are taken as they come, except a negative one: a credit would
+        # lift the user's quota.
+        prompt, completion = max(0, usage.prompt_tokens), max(0, usage.completion_tokens)
+        estimated = False
     elif outcome.status == 200:
         # The engine worked but said nothing (llama.cpp streams, a cut stream, a disconnect):
         # count what was streamed and estimate the prompt.

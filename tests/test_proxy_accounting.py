@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 from gatewayctl.proxy.usage import estimate_prompt_tokens
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from tests.conftest import Running, Served, StartGateway
 from tests.fakes import REPLY_TOKENS, FakeOllama
@@ -20,6 +24,7 @@ from tests.proxy_helpers import (
     wait_for_request,
     wait_for_rows,
 )
+from tests.servers import serve_in_thread
 
 
 def _row_usage(row: dict[str, Any]) -> tuple[int, int, int]:
@@ -193,3 +198,22 @@ def test_a_ledger_that_cannot_take_the_reservation_refuses_with_503(
     error = openai_error(response, 503)
     assert error["code"] == "ledger_unavailable"
     assert fake[0].requests_to("/v1/chat/completions") == []
+
+
+def test_negative_usage_from_an_engine_is_never_a_credit(start_gateway: StartGateway) -> None:
+    async def chat(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+                "usage": {"prompt_tokens": -1_000_000, "completion_tokens": -5},
+            }
+        )
+
+    engine = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    with serve_in_thread(engine) as upstream, start_gateway(upstream) as gw:
+        with gw.client("alice") as client:
+            response = client.post("/v1/chat/completions", json=chat_body())
+        assert response.status_code == 200
+        assert gw.wait_for_totals("alice", 1) == (1, 0, 0)
