@@ -59,6 +59,16 @@ def _chunk_reader(response: httpx.Response) -> ReadChunk:
     return lambda: anext(chunks, b"")
 
 
+async def _read_whole(response: httpx.Response) -> bytes:
+    if "content-encoding" in response.headers:
+        return await response.aread()  # httpx undoes the encoding, and the client gets it plain
+    read = _chunk_reader(response)
+    parts: list[bytes] = []
+    while chunk := await read():
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class Relay:
     """One upstream request relayed to one client; ``run`` raises GatewayError only before
     anything was sent to the client, so the caller can still answer with an error."""
@@ -128,7 +138,7 @@ class Relay:
 
     async def _whole(self, response: httpx.Response, content_type: bytes, send: Send) -> None:
         try:
-            body = await response.aread()
+            body = await _read_whole(response)
         except httpx.HTTPError as exc:
             raise upstream_error(exc, str(response.url.copy_with(path="/", query=None))) from None
         if response.status_code == 200:
