@@ -125,7 +125,7 @@ class _Endpoint:
 
     def _connect_failed(self, upstream: Upstream, error: GatewayError) -> None:
         self.gateway.pool.mark_down(upstream, error.message)
-        self.gateway.metrics.connect_failures.labels(upstream.url).inc()
+        self.gateway.metrics.connect_failures.labels(upstream.label).inc()
 
     async def _relay(
         self,
@@ -143,7 +143,7 @@ class _Endpoint:
         connect error when there is none left."""
         info = request_info(scope)
         while True:
-            info.upstream = upstream.url
+            info.upstream = upstream.label
             request = self.gateway.client.build_request(
                 scope["method"],
                 self._url(scope, upstream=upstream.url),

@@ -40,13 +40,15 @@ class Outcome:
     scanner: SseScanner | NdjsonScanner | None = field(default=None, repr=False)
 
 
-def upstream_error(exc: httpx.HTTPError, upstream: str) -> GatewayError:
+def upstream_error(exc: httpx.HTTPError) -> GatewayError:
+    # Clients are not told which engine (its address, or credentials in its URL): admins find
+    # it in the access log and the upstream health.
     # No connection means nothing reached the engine: the caller may try another upstream.
     unconnected = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
     if isinstance(exc, httpx.TimeoutException) and not unconnected:
-        return UpstreamTimeout(f"the upstream {upstream} did not answer in time")
+        return UpstreamTimeout("the upstream engine did not answer in time")
     kind = UpstreamConnectFailed if unconnected else UpstreamUnavailable
-    return kind(f"the upstream {upstream} is unreachable: {type(exc).__name__}")
+    return kind(f"the upstream engine is unreachable ({type(exc).__name__})")
 
 
 def _chunk_reader(response: httpx.Response) -> ReadChunk:
@@ -123,9 +125,7 @@ class Relay:
         try:
             response = await self._client.send(self._request, stream=True)
         except httpx.HTTPError as exc:
-            raise upstream_error(
-                exc, str(self._request.url.copy_with(path="/", query=None))
-            ) from None
+            raise upstream_error(exc) from None
         try:
             self.result.status = response.status_code
             content_type = response.headers.get("content-type", "").encode()
@@ -140,7 +140,7 @@ class Relay:
         try:
             body = await _read_whole(response)
         except httpx.HTTPError as exc:
-            raise upstream_error(exc, str(response.url.copy_with(path="/", query=None))) from None
+            raise upstream_error(exc) from None
         if response.status_code == 200:
             self.result.usage = self._dialect.usage_from_body(body)
         else:
@@ -176,7 +176,7 @@ class Relay:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
         except httpx.HTTPError as exc:
             # Too late for a status code: tell the client inside the stream, as engines do.
-            error = upstream_error(exc, str(response.url.copy_with(path="/", query=None)))
+            error = upstream_error(exc)
             tail = scanner.flush() + self._dialect.stream_error(error)
             self.result.outcome = "upstream_error"
         else:

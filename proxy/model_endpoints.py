@@ -109,7 +109,7 @@ class ModelListEndpoint(_Endpoint):
         try:
             return await client.send(request)
         except httpx.HTTPError as exc:
-            error = upstream_error(exc, upstream.url)
+            error = upstream_error(exc)
             if isinstance(error, UpstreamConnectFailed):
                 self._connect_failed(upstream, error)
             return error

@@ -40,6 +40,15 @@ def not_served(model: str | None) -> NotFound:
     return NotFound(f"model '{model}' not found", code="model_not_found")
 
 
+def redact_url(url: str) -> str:
+    """``http://user:secret@host:port/base`` -> ``http://host:port/base``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+
+
 class Upstream:
     __slots__ = ("cap", "checked", "error", "healthy", "in_flight", "settings")
 
@@ -54,6 +63,11 @@ class Upstream:
     @property
     def url(self) -> str:
         return self.settings.url
+
+    @property
+    def label(self) -> str:
+        """The URL as logs, metrics and the dashboard show it: without credentials."""
+        return redact_url(self.settings.url)
 
     def serves(self, model: str | None, native: bool) -> bool:
         """``native``: an Ollama /api route, which only an Ollama upstream understands."""
@@ -138,9 +152,9 @@ class UpstreamPool:
         was = upstream.healthy
         upstream.healthy, upstream.error = healthy, reason
         if was and not healthy:
-            log.warning("upstream %s is down: %s", upstream.url, reason)
+            log.warning("upstream %s is down: %s", upstream.label, reason)
         elif healthy and not was:
-            log.info("upstream %s is healthy again", upstream.url)
+            log.info("upstream %s is healthy again", upstream.label)
             self.on_recovery()
 
     @property
@@ -203,8 +217,8 @@ class UpstreamPool:
             labels=["upstream"],
         )
         for u in self.upstreams:
-            healthy.add_metric([u.url], 1 if u.healthy else 0)
-            in_flight.add_metric([u.url], u.in_flight)
+            healthy.add_metric([u.label], 1 if u.healthy else 0)
+            in_flight.add_metric([u.label], u.in_flight)
         yield healthy
         yield in_flight
 

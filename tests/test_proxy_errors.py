@@ -192,7 +192,7 @@ def test_oversized_body_is_413(fake: tuple[FakeOllama, str], start_gateway: Star
 
 
 def test_upstream_down_is_502(start_gateway: StartGateway) -> None:
-    nobody = f"http://127.0.0.1:{free_port()}"
+    nobody = f"http://ops:s3cret@127.0.0.1:{free_port()}"
     with start_gateway(nobody) as gw, gw.client() as client:
         chat = client.post("/v1/chat/completions", json=chat_body())
         streamed = client.post("/v1/chat/completions", json=chat_body(stream=True))
@@ -201,7 +201,10 @@ def test_upstream_down_is_502(start_gateway: StartGateway) -> None:
     for response in (chat, streamed, models):
         error = openai_error(response, 502)
         assert error["code"] == "upstream_unavailable"
-        assert "http://127.0.0.1" in error["message"]
+        assert "unreachable" in error["message"]
+        # Clients learn nothing of the engine's address, let alone credentials in its URL.
+        assert "127.0.0.1" not in error["message"] and "s3cret" not in error["message"]
+    assert [u.label for u in gw.gateway.pool.upstreams] == [nobody.replace("ops:s3cret@", "")]
     assert all(row["completion_tokens"] == 0 and row["prompt_tokens"] == 0 for row in rows)
     assert {row["status"] for row in rows} == {502}
 

@@ -17,7 +17,7 @@ def upstream_views(gateway: Gateway) -> list[dict[str, Any]]:
             detail = upstream.error or "ok"
         views.append(
             {
-                "url": upstream.url,
+                "url": upstream.label,
                 "kind": upstream.settings.kind,
                 "healthy": upstream.healthy,
                 "detail": detail,
