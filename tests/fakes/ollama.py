@@ -1016,23 +1016,7 @@ class FakeOllama:
             metrics = self._metrics(prompt_tokens, len(tokens), cached=cached)
             return line(content, done=True, done_reason=finish, **metrics)
 
-        if body.get("stream") is False:
-            return self._full(_dumps_compact(done("".join(tokens))), "api", error=MID_STREAM_ERROR)
-
-        def render(i: int, token: str) -> bytes:
-            return (_dumps_compact(line(token, done=False)) + "\n").encode()
-
-        def tail() -> list[bytes]:
-            return [(_dumps_compact(done("")) + "\n").encode()]
-
-        return self._stream(
-            media_type=NDJSON,
-            head=[],
-            tokens=tokens,
-            render=render,
-            tail=tail,
-            error_chunk=(_dumps_compact({"error": MID_STREAM_ERROR}) + "\n").encode(),
-        )
+        return self._ndjson_reply(body, tokens, line, done)
 
     async def _api_generate(self, request: Request) -> Response:
         body, err = await self._body(request, "api")
@@ -1055,6 +1039,17 @@ class FakeOllama:
             metrics = self._metrics(prompt_tokens, len(tokens), cached=cached)
             return line(response, done=True, done_reason=finish, context=context, **metrics)
 
+        return self._ndjson_reply(body, tokens, line, done)
+
+    def _ndjson_reply(
+        self,
+        body: dict[str, Any],
+        tokens: tuple[str, ...],
+        line: Callable[..., dict[str, Any]],
+        done: Callable[[str], dict[str, Any]],
+    ) -> Response:
+        """/api/chat and /api/generate: one object with ``"stream": false``, else NDJSON lines
+        ending with the ``done`` line."""
         if body.get("stream") is False:
             return self._full(_dumps_compact(done("".join(tokens))), "api", error=MID_STREAM_ERROR)
 
