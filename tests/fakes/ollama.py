@@ -723,13 +723,10 @@ class FakeOllama:
 
     # ----------------------------------------------------------------- /v1
 
-    async def _v1_chat(self, request: Request) -> Response:
-        body, err = await self._body(request, "v1")
-        if err is not None:
-            return err
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return self._error("v1", 400, "[] is too short - 'messages'")
+    def _v1_generation(
+        self, body: dict[str, Any]
+    ) -> tuple[str, tuple[str, ...], str, dict[str, int]] | Response:
+        """(model, tokens, finish reason, usage) of a /v1 generation, or the 404 to answer."""
         model = body.get("model")
         if self._find_model(model) is None:
             return self._not_found_model("v1", model)
@@ -743,6 +740,19 @@ class FakeOllama:
             "completion_tokens": len(tokens),
             "total_tokens": prompt_tokens + len(tokens),
         }
+        return model, tokens, finish, usage
+
+    async def _v1_chat(self, request: Request) -> Response:
+        body, err = await self._body(request, "v1")
+        if err is not None:
+            return err
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error("v1", 400, "[] is too short - 'messages'")
+        planned = self._v1_generation(body)
+        if isinstance(planned, Response):
+            return planned
+        model, tokens, finish, usage = planned
         llamacpp = self.mode == "llamacpp"
         cid = f"chatcmpl-{self._next_id()}"
         created = int(time.time())
@@ -821,19 +831,10 @@ class FakeOllama:
                 f"json: cannot unmarshal {kind} into Go struct field "
                 "CompletionRequest.prompt of type string",
             )
-        model = body.get("model")
-        if self._find_model(model) is None:
-            return self._not_found_model("v1", model)
-        assert isinstance(model, str)
-        self._touch(model)
-        tokens, finish, prompt_tokens = self._plan(body, native=False)
-        if self._cached(body):
-            prompt_tokens = 0
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(tokens),
-            "total_tokens": prompt_tokens + len(tokens),
-        }
+        planned = self._v1_generation(body)
+        if isinstance(planned, Response):
+            return planned
+        model, tokens, finish, usage = planned
         zero_usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         llamacpp = self.mode == "llamacpp"
         dumps = _dumps_python if llamacpp else _dumps_compact
