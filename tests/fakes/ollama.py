@@ -982,21 +982,23 @@ class FakeOllama:
         }
         return {k: v for k, v in metrics.items() if v}
 
-    def _api_model_or_error(self, body: dict[str, Any]) -> tuple[str, Response | None]:
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return "", self._error("api", 400, "model is required")
-        if self._find_model(model) is None:
-            return model, self._not_found_model("api", model)
-        return model, None
-
-    async def _api_chat(self, request: Request) -> Response:
+    async def _api_model_request(self, request: Request) -> tuple[dict[str, Any], str] | Response:
+        """(body, model) of an /api request naming an installed model, or the error to answer."""
         body, err = await self._body(request, "api")
         if err is not None:
             return err
-        model, err = self._api_model_or_error(body)
-        if err is not None:
-            return err
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return self._error("api", 400, "model is required")
+        if self._find_model(model) is None:
+            return self._not_found_model("api", model)
+        return body, model
+
+    async def _api_chat(self, request: Request) -> Response:
+        parsed = await self._api_model_request(request)
+        if isinstance(parsed, Response):
+            return parsed
+        body, model = parsed
         messages = body.get("messages")
         if not messages:
             # Ollama answers a chat without messages by loading (or unloading) the model.
@@ -1020,12 +1022,10 @@ class FakeOllama:
         return self._ndjson_reply(body, tokens, line, done)
 
     async def _api_generate(self, request: Request) -> Response:
-        body, err = await self._body(request, "api")
-        if err is not None:
-            return err
-        model, err = self._api_model_or_error(body)
-        if err is not None:
-            return err
+        parsed = await self._api_model_request(request)
+        if isinstance(parsed, Response):
+            return parsed
+        body, model = parsed
         if not body.get("prompt") and not body.get("images"):
             return self._load_reply(body, model, {"response": ""})
         self._touch(model)
@@ -1088,12 +1088,10 @@ class FakeOllama:
     # ----------------------------------------------------------------- /api embeddings
 
     async def _api_embed(self, request: Request) -> Response:
-        body, err = await self._body(request, "api")
-        if err is not None:
-            return err
-        model, err = self._api_model_or_error(body)
-        if err is not None:
-            return err
+        parsed = await self._api_model_request(request)
+        if isinstance(parsed, Response):
+            return parsed
+        body, model = parsed
         inputs = body.get("input")
         if inputs is None:
             inputs = []
@@ -1115,12 +1113,10 @@ class FakeOllama:
         return self._json(reply, "api")
 
     async def _api_embeddings(self, request: Request) -> Response:
-        body, err = await self._body(request, "api")
-        if err is not None:
-            return err
-        model, err = self._api_model_or_error(body)
-        if err is not None:
-            return err
+        parsed = await self._api_model_request(request)
+        if isinstance(parsed, Response):
+            return parsed
+        body, model = parsed
         self._touch(model)
         prompt = body.get("prompt")
         vector = _embedding(prompt) if isinstance(prompt, str) and prompt else []
