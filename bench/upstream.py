@@ -68,10 +68,13 @@ def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _chunk(delta: dict[str, str], finish: str | None) -> bytes:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+def _chunk_event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1767225600}
-    return _event({**base, "model": "bench", "choices": [choice]})
+    return _event({**base, "model": "bench", "choices": choices, **extra})
+
+
+def _chunk(delta: dict[str, str], finish: str | None) -> bytes:
+    return _chunk_event([{"index": 0, "delta": delta, "finish_reason": finish}])
 
 
 TOKEN_EVENT = _chunk({"content": " tok"}, None)
@@ -79,15 +82,8 @@ TOKEN_EVENT = _chunk({"content": " tok"}, None)
 
 def stream_tail(tokens: int) -> bytes:
     """The events after the content: finish, usage (choices empty), [DONE]."""
-    usage = {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion.chunk",
-        "created": 1767225600,
-        "model": "bench",
-        "choices": [],
-        "usage": _usage(tokens),
-    }
-    return _chunk({}, "stop") + _event(usage) + b"data: [DONE]\n\n"
+    usage = _chunk_event([], usage=_usage(tokens))
+    return _chunk({}, "stop") + usage + b"data: [DONE]\n\n"
 
 
 class Answers:
